@@ -1,0 +1,196 @@
+//! Which `host:port` a client outside the cluster uses to reach a Service's Bolt port
+//! (shared/memgraph-ha.md, "What the external address is").
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::view::{ClusterState, ServicePortView, ServiceType, ServiceView};
+
+/// Which rule gave the host; shown in the pod's `source` annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostSource {
+    HostAnnotation,
+    ExternalDnsAnnotation,
+    LoadBalancerIp,
+    LoadBalancerHostname,
+    ExternalIps,
+    Node { name: String, address_type: String },
+}
+
+impl HostSource {
+    pub fn describe(&self) -> String {
+        match self {
+            HostSource::HostAnnotation => {
+                format!("annotation {}", super::view::EXTERNAL_HOST_ANNOTATION)
+            }
+            HostSource::ExternalDnsAnnotation => {
+                format!("annotation {}", super::view::EXTERNAL_DNS_ANNOTATION)
+            }
+            HostSource::LoadBalancerIp => "status.loadBalancer.ingress ip".into(),
+            HostSource::LoadBalancerHostname => "status.loadBalancer.ingress hostname".into(),
+            HostSource::ExternalIps => "spec.externalIPs".into(),
+            HostSource::Node { name, address_type } => format!("Node {name} {address_type}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalAddress {
+    pub host: String,
+    pub port: i32,
+    pub source: HostSource,
+    pub warnings: Vec<String>,
+}
+
+impl ExternalAddress {
+    /// `host:port`, with an IPv6 literal in brackets.
+    pub fn address(&self) -> String {
+        if is_ipv6_literal(&self.host) && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Resolved(ExternalAddress),
+    /// Not known yet; the text says what is missing.
+    Pending(String),
+}
+
+pub fn is_ipv6_literal(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<Ipv6Addr>()
+        .is_ok()
+}
+
+fn is_ipv4(host: &str) -> bool {
+    host.parse::<Ipv4Addr>().is_ok()
+}
+
+/// The first IPv4 address of a list, else its first entry.
+fn prefer_ipv4<'a>(candidates: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    candidates
+        .clone()
+        .find(|h| is_ipv4(h))
+        .or_else(|| candidates.into_iter().next())
+}
+
+/// The port a client dials for this Service port, given the Service type: the Service `port`
+/// for a LoadBalancer or a NodePort with `spec.externalIPs`, else the `nodePort`.
+pub fn external_port(svc: &ServiceView, port: &ServicePortView) -> Option<i32> {
+    match svc.type_ {
+        ServiceType::NodePort if svc.external_ips.is_empty() => port.node_port,
+        _ => Some(port.port),
+    }
+}
+
+pub fn resolve(
+    cluster: &ClusterState,
+    svc: &ServiceView,
+    port: &ServicePortView,
+    node_address_types: &[String],
+) -> Resolution {
+    let Some(ext_port) = external_port(svc, port) else {
+        return Resolution::Pending(format!(
+            "NodePort Service {} has no nodePort allocated for port {}",
+            svc.name, port.port
+        ));
+    };
+    let mut warnings = Vec::new();
+    if svc.type_ == ServiceType::NodePort && svc.external_traffic_policy_local {
+        warnings.push(format!(
+            "Service {} has externalTrafficPolicy: Local, so only the node running this pod answers on the nodePort, and that node is not known at admission; use externalTrafficPolicy: Cluster or a LoadBalancer",
+            svc.name
+        ));
+    }
+    let found = |host: &str, source: HostSource, warnings: Vec<String>| {
+        Resolution::Resolved(ExternalAddress {
+            host: host.to_string(),
+            port: ext_port,
+            source,
+            warnings,
+        })
+    };
+
+    if let Some(host) = &svc.external_host_annotation {
+        return found(host, HostSource::HostAnnotation, warnings);
+    }
+    if let Some(host) = svc
+        .external_dns_annotation
+        .as_deref()
+        .and_then(|list| list.split(',').map(str::trim).find(|h| !h.is_empty()))
+    {
+        return found(host, HostSource::ExternalDnsAnnotation, warnings);
+    }
+    match svc.type_ {
+        ServiceType::LoadBalancer => {
+            if let Some(ip) = prefer_ipv4(svc.ingress.iter().filter_map(|i| i.ip.as_deref())) {
+                return found(ip, HostSource::LoadBalancerIp, warnings);
+            }
+            if let Some(host) = svc.ingress.iter().find_map(|i| i.hostname.as_deref()) {
+                return found(host, HostSource::LoadBalancerHostname, warnings);
+            }
+            Resolution::Pending(format!(
+                "LoadBalancer Service {} has no status.loadBalancer.ingress yet (no external IP or hostname assigned)",
+                svc.name
+            ))
+        }
+        ServiceType::NodePort => {
+            if let Some(ip) = prefer_ipv4(svc.external_ips.iter().map(String::as_str)) {
+                return found(ip, HostSource::ExternalIps, warnings);
+            }
+            let usable = || cluster.nodes().filter(|n| n.ready && !n.unschedulable);
+            for address_type in node_address_types {
+                let of_type = |n: &'_ super::view::NodeView| {
+                    n.addresses
+                        .iter()
+                        .filter(|(t, _)| t == address_type)
+                        .map(|(_, a)| a.clone())
+                        .collect::<Vec<_>>()
+                };
+                // IPv4 on any node first, then whatever the first node has.
+                let pick = usable()
+                    .find_map(|n| {
+                        of_type(n)
+                            .into_iter()
+                            .find(|a| is_ipv4(a))
+                            .map(|a| (n.name.clone(), a))
+                    })
+                    .or_else(|| {
+                        usable().find_map(|n| of_type(n).into_iter().next().map(|a| (n.name.clone(), a)))
+                    });
+                if let Some((node, host)) = pick {
+                    let mut warnings = warnings;
+                    if address_type == "InternalIP" {
+                        warnings.push(format!(
+                            "no Ready node has an ExternalIP address, so the Bolt address uses node {node}'s InternalIP {host}; clients outside the node network cannot reach it. Set the Service annotation {} to the right host",
+                            super::view::EXTERNAL_HOST_ANNOTATION
+                        ));
+                    }
+                    return found(
+                        &host,
+                        HostSource::Node {
+                            name: node,
+                            address_type: address_type.clone(),
+                        },
+                        warnings,
+                    );
+                }
+            }
+            Resolution::Pending(format!(
+                "NodePort Service {} needs a node address, but no Ready, schedulable Node has an address of type {}",
+                svc.name,
+                node_address_types.join(" or ")
+            ))
+        }
+        // `qualify` never lets other types through.
+        ServiceType::ClusterIp | ServiceType::ExternalName => Resolution::Pending(format!(
+            "Service {} is of type {} and has no external address",
+            svc.name,
+            svc.type_.as_str()
+        )),
+    }
+}

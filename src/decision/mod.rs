@@ -1,0 +1,411 @@
+//! The decision: given an admission request and a view of the cluster, what patch? Pure: no
+//! IO, no async, no clock. Data flows one way: request → pod facts (`pod`) → Service
+//! (`service`) → address (`address`) → ops (`patch`) → response (`review`).
+
+pub mod address;
+pub mod patch;
+pub mod pod;
+pub mod review;
+pub mod service;
+pub mod view;
+
+use std::collections::BTreeMap;
+
+use json_patch::PatchOperation;
+
+use address::{is_ipv6_literal, ExternalAddress, Resolution};
+use pod::{MemgraphPod, Pod, Recognition, Role, Version};
+use service::ServiceChoice;
+use view::{ClusterState, ServiceView};
+
+pub const ADDRESS_ANNOTATION: &str = "memgraph-address-injector/bolt-address";
+pub const SOURCE_ANNOTATION: &str = "memgraph-address-injector/source";
+pub const DEFAULT_ENV_NAME: &str = "MEMGRAPH_EXTERNAL_BOLT_ADDRESS";
+
+/// `--coordinator-hostname` sets a 2.18–2.x coordinator's own ROUTE entry
+/// (shared/memgraph-ha.md); 3.0 dropped that meaning.
+const HOSTNAME_FLAG_FROM: Version = Version::new(2, 18, 0);
+const HOSTNAME_FLAG_UNTIL: Version = Version::new(3, 0, 0);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnPending {
+    /// Deny the pod so that its controller retries it later.
+    Deny,
+    /// Admit the pod without an address, with a warning.
+    Allow,
+}
+
+/// `--coordinator-flag`: one `--name=value` token with `{address}`, `{host}`, `{port}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagTemplate {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("the environment variable name {0:?} is one that Memgraph reads itself; injecting it would change Memgraph's configuration (see shared/memgraph-ha.md). Choose another name, such as MEMGRAPH_EXTERNAL_BOLT_ADDRESS")]
+    ReservedEnvName(String),
+    #[error("{0:?} is not a valid environment variable name (letters, digits and _, not starting with a digit)")]
+    InvalidEnvName(String),
+    #[error("--coordinator-flag {0:?} must be one token of the form --name=value, with {{address}}, {{host}} or {{port}} in the value")]
+    InvalidFlagTemplate(String),
+    #[error("--node-address-types needs at least one address type, such as ExternalIP")]
+    NoNodeAddressTypes,
+}
+
+impl FlagTemplate {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::InvalidFlagTemplate(text.to_string());
+        let body = text.strip_prefix("--").ok_or_else(bad)?;
+        let (name, value) = body.split_once('=').ok_or_else(bad)?;
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name || value.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.replace('_', "-"),
+            value: value.to_string(),
+        })
+    }
+
+    fn render(&self, ext: &ExternalAddress) -> String {
+        self.value
+            .replace("{address}", &ext.address())
+            .replace("{host}", &ext.host)
+            .replace("{port}", &ext.port.to_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub recognition: Recognition,
+    pub env_name: String,
+    pub on_pending: OnPending,
+    pub node_address_types: Vec<String>,
+    pub coordinator_flag: Option<FlagTemplate>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            recognition: Recognition {
+                container_names: ["memgraph", "memgraph-coordinator", "memgraph-data"]
+                    .map(String::from)
+                    .to_vec(),
+                default_version: Version::new(3, 0, 0),
+            },
+            env_name: DEFAULT_ENV_NAME.into(),
+            on_pending: OnPending::Deny,
+            node_address_types: vec!["ExternalIP".into(), "InternalIP".into()],
+            coordinator_flag: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name = &self.env_name;
+        if pod::MEMGRAPH_READS_ENV.contains(&name.as_str()) {
+            return Err(ConfigError::ReservedEnvName(name.clone()));
+        }
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(ConfigError::InvalidEnvName(name.clone()));
+        }
+        if self.node_address_types.is_empty() {
+            return Err(ConfigError::NoNodeAddressTypes);
+        }
+        Ok(())
+    }
+}
+
+/// What happened, for metrics and for the server's cache-miss retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a Pod CREATE, not a Memgraph pod, or opted out.
+    Ignored,
+    /// The pod could not be read; admitted untouched.
+    Unreadable,
+    /// No Service exposes the pod outside the cluster.
+    NotExposed,
+    /// The pod names a Service that does not exist.
+    NamedServiceMissing,
+    /// The pod names a Service that cannot expose it.
+    Denied,
+    /// The address is not known yet.
+    Pending,
+    /// Patched.
+    Injected,
+    /// Already carries everything; no patch.
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ignored => "ignored",
+            Outcome::Unreadable => "unreadable",
+            Outcome::NotExposed => "not_exposed",
+            Outcome::NamedServiceMissing => "service_missing",
+            Outcome::Denied => "denied",
+            Outcome::Pending => "pending",
+            Outcome::Injected => "injected",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+
+    /// Outcomes that a fresh list of the namespace's Services could change.
+    pub fn may_be_cache_miss(self) -> bool {
+        matches!(self, Outcome::NotExposed | Outcome::NamedServiceMissing)
+    }
+}
+
+#[derive(Debug)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub role: Option<Role>,
+    /// `Some(message)` denies the request.
+    pub denial: Option<String>,
+    pub patch: Vec<PatchOperation>,
+    pub warnings: Vec<String>,
+    pub audit_annotations: BTreeMap<String, String>,
+    pub address: Option<String>,
+}
+
+impl Decision {
+    fn allow(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            role: None,
+            denial: None,
+            patch: Vec::new(),
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+            address: None,
+        }
+    }
+
+    fn with_warning(mut self, warning: String) -> Self {
+        self.warnings.push(warning);
+        self
+    }
+}
+
+/// Decides an admission request: the namespace is the request's (the object's may be empty).
+pub fn decide(
+    request: &review::AdmissionRequest<'_>,
+    cluster: &ClusterState,
+    config: &Config,
+) -> Decision {
+    if !request.is_pod_create() {
+        return Decision::allow(Outcome::Ignored);
+    }
+    let Some(object) = request.object else {
+        return Decision::allow(Outcome::Unreadable)
+            .with_warning("memgraph-address-injector: the request carries no Pod object; admitted without an external Bolt address".into());
+    };
+    let pod: Pod<'_> = match serde_json::from_str(object.get()) {
+        Ok(pod) => pod,
+        Err(err) => {
+            return Decision::allow(Outcome::Unreadable).with_warning(format!(
+                "memgraph-address-injector could not read the Pod ({err}); admitted without an external Bolt address"
+            ))
+        }
+    };
+    let namespace = request
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pod.metadata.as_ref().and_then(|m| m.namespace.as_deref()))
+        .unwrap_or("default");
+    decide_pod(&pod, namespace, cluster, config)
+}
+
+/// The decision for a Pod being created in `namespace`.
+pub fn decide_pod(pod: &Pod<'_>, namespace: &str, cluster: &ClusterState, config: &Config) -> Decision {
+    if pod.annotation(pod::OPT_OUT_ANNOTATION) == Some("false") {
+        return Decision::allow(Outcome::Ignored);
+    }
+    let mg = match pod::memgraph_pod(pod, &config.recognition) {
+        Ok(Some(mg)) => mg,
+        Ok(None) => return Decision::allow(Outcome::Ignored),
+        Err(err) => {
+            return Decision::allow(Outcome::Unreadable).with_warning(format!(
+                "memgraph-address-injector: {err}; admitted without an external Bolt address"
+            ))
+        }
+    };
+    let mut decision = Decision::allow(Outcome::Injected);
+    decision.role = Some(mg.role);
+    let pod_name = pod.display_name();
+
+    let named = pod.annotation(pod::SERVICE_ANNOTATION);
+    let (service, port) = match service::choose(cluster, namespace, pod, &mg, named) {
+        ServiceChoice::Chosen {
+            service,
+            port,
+            ambiguity,
+        } => {
+            decision.warnings.extend(ambiguity);
+            (service, port)
+        }
+        ServiceChoice::NoCandidate => {
+            decision.outcome = Outcome::NotExposed;
+            return decision;
+        }
+        ServiceChoice::NamedMissing(name) => {
+            decision.outcome = Outcome::NamedServiceMissing;
+            decision.denial = Some(format!(
+                "memgraph-address-injector: pod {pod_name} names Service {name} in annotation {}, but no Service {name} exists in namespace {namespace}",
+                pod::SERVICE_ANNOTATION
+            ));
+            return decision;
+        }
+        ServiceChoice::NamedUnqualified(name, why) => {
+            decision.outcome = Outcome::Denied;
+            decision.denial = Some(format!(
+                "memgraph-address-injector: pod {pod_name} names Service {name} in annotation {}, but Service {name} cannot expose its Bolt port {}: {why}",
+                pod::SERVICE_ANNOTATION,
+                mg.bolt_port
+            ));
+            return decision;
+        }
+    };
+
+    let ext = match address::resolve(cluster, service, port, &config.node_address_types) {
+        Resolution::Resolved(ext) => ext,
+        Resolution::Pending(missing) => {
+            decision.outcome = Outcome::Pending;
+            match config.on_pending {
+                OnPending::Deny => {
+                    decision.denial = Some(format!(
+                        "memgraph-address-injector: the external Bolt address of pod {pod_name} is not known yet: {missing}. The pod will be admitted once it is (its StatefulSet retries); set --on-pending=allow to admit such pods without an address"
+                    ));
+                }
+                OnPending::Allow => decision.warnings.push(format!(
+                    "memgraph-address-injector: admitted without an external Bolt address: {missing}"
+                )),
+            }
+            return decision;
+        }
+    };
+    decision.warnings.extend(ext.warnings.iter().cloned());
+    let address = ext.address();
+    let source = format!(
+        "{} Service {} ({})",
+        service.type_.as_str(),
+        service.name,
+        ext.source.describe()
+    );
+
+    let index = mg.container_index;
+    let mut env = vec![(config.env_name.as_str(), address.as_str())];
+    let mut flags: Vec<(String, String)> = Vec::new();
+    if mg.role == Role::Coordinator {
+        if (HOSTNAME_FLAG_FROM..HOSTNAME_FLAG_UNTIL).contains(&mg.version) {
+            match hostname_rewrite_blocker(&mg, service, &ext, pod) {
+                None if mg.env_configured => {
+                    env.push(("MEMGRAPH_COORDINATOR_HOSTNAME", ext.host.as_str()));
+                }
+                None if mg.container.flag("coordinator-hostname").is_some()
+                    || mg.container.flag("coordinator-id").is_some() =>
+                {
+                    flags.push(("coordinator-hostname".into(), ext.host.clone()));
+                }
+                None => decision.warnings.push(format!(
+                    "memgraph-address-injector: coordinator {pod_name} (Memgraph {}) sets neither --coordinator-id nor coordination environment variables, so --coordinator-hostname was not set; its own routing-table entry keeps its in-cluster name",
+                    mg.version
+                )),
+                Some(blocker) => decision.warnings.push(format!(
+                    "memgraph-address-injector: --coordinator-hostname of coordinator {pod_name} (Memgraph {}) left unchanged because {blocker}; its own ROUTE entry keeps its in-cluster name until you register the external address (routing sync) or upgrade to Memgraph 3",
+                    mg.version
+                )),
+            }
+        }
+        if let Some(template) = &config.coordinator_flag {
+            flags.push((template.name.clone(), template.render(&ext)));
+        }
+    }
+
+    decision.patch.extend(patch::annotations(
+        pod,
+        &[
+            (ADDRESS_ANNOTATION, address.as_str()),
+            (SOURCE_ANNOTATION, source.as_str()),
+        ],
+    ));
+    decision.patch.extend(patch::env(index, mg.container, &env));
+    for (name, value) in &flags {
+        decision
+            .patch
+            .extend(patch::flag(index, mg.container, name, value));
+    }
+    if decision.patch.is_empty() {
+        decision.outcome = Outcome::Unchanged;
+    }
+    decision
+        .audit_annotations
+        .insert("bolt-address".into(), address.clone());
+    decision.audit_annotations.insert("source".into(), source);
+    decision.address = Some(address);
+    decision
+}
+
+/// Why `--coordinator-hostname` must not be rewritten to the external host, if it must not.
+/// On 2.18–2.x the flag is also the Raft and management endpoint, so other coordinators will
+/// dial `host:coordinator-port` and `host:management-port` through the same Service.
+fn hostname_rewrite_blocker(
+    mg: &MemgraphPod<'_, '_>,
+    service: &ServiceView,
+    ext: &ExternalAddress,
+    pod: &Pod<'_>,
+) -> Option<String> {
+    if ext.port != mg.bolt_port {
+        return Some(format!(
+            "the external port {} differs from the Bolt port {} (the flag carries a host only; use a LoadBalancer that exposes port {})",
+            ext.port, mg.bolt_port, mg.bolt_port
+        ));
+    }
+    if is_ipv6_literal(&ext.host) {
+        return Some(format!(
+            "the external host {} is an IPv6 literal, which the flag cannot carry; give the Service a DNS name with the annotation {}",
+            ext.host,
+            view::EXTERNAL_HOST_ANNOTATION
+        ));
+    }
+    for (what, port) in [
+        ("coordinator", mg.coordinator_port),
+        ("management", mg.management_port),
+    ] {
+        let Some(port) = port else { continue };
+        let exposed = service.ports.iter().any(|p| {
+            service::port_reaches(p, port, pod)
+                && address::external_port(service, p) == Some(port)
+        });
+        if !exposed {
+            return Some(format!(
+                "Service {} does not expose the {what} port {port} on the same number (add port {port} targeting {port} to it)",
+                service.name
+            ));
+        }
+    }
+    let own = service.selector.contains_key("statefulset.kubernetes.io/pod-name")
+        || pod
+            .owning_statefulset()
+            .is_some_and(|o| service.name.starts_with(o));
+    if !own {
+        return Some(format!(
+            "Service {} is not this coordinator's own Service (its selector is not pod-specific and its name does not start with the StatefulSet's), so Raft traffic for this coordinator could reach another one",
+            service.name
+        ));
+    }
+    None
+}

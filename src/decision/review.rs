@@ -1,0 +1,142 @@
+//! The AdmissionReview v1 envelope: decoded borrowed (the Pod stays raw until the decision
+//! reads the few fields it needs) and encoded with the patch as the API's base64 string.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the body is not a JSON AdmissionReview: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("the AdmissionReview has apiVersion {0:?}; this webhook speaks admission.k8s.io/v1 only (set admissionReviewVersions: [v1])")]
+    WrongApiVersion(String),
+    #[error("the AdmissionReview has kind {0:?}, expected AdmissionReview")]
+    WrongKind(String),
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request: Option<AdmissionRequest<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest<'a> {
+    #[serde(borrow, default)]
+    pub uid: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    pub sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub operation: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    pub object: Option<&'a RawValue>,
+}
+
+impl AdmissionRequest<'_> {
+    pub fn is_pod_create(&self) -> bool {
+        self.kind.group.is_empty()
+            && self.kind.kind == "Pod"
+            && self.operation == "CREATE"
+            && self.sub_resource.as_deref().unwrap_or("").is_empty()
+    }
+}
+
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, ReviewError> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body)?;
+    match envelope.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        other => return Err(ReviewError::WrongApiVersion(other.unwrap_or("").into())),
+    }
+    match envelope.kind.as_deref() {
+        Some("AdmissionReview") => {}
+        other => return Err(ReviewError::WrongKind(other.unwrap_or("").into())),
+    }
+    envelope.request.ok_or(ReviewError::NoRequest)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    code: u16,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: &'a BTreeMap<String, String>,
+}
+
+/// The AdmissionReview response for a decision.
+pub fn encode(uid: &str, decision: &super::Decision) -> Vec<u8> {
+    let patch = (!decision.patch.is_empty()).then(|| {
+        let json = serde_json::to_vec(&decision.patch).unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.encode(json)
+    });
+    let out = ReviewOut {
+        api_version: API_VERSION,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid,
+            allowed: decision.denial.is_none(),
+            status: decision.denial.as_deref().map(|message| StatusOut {
+                code: 403,
+                message,
+            }),
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: &decision.warnings,
+            audit_annotations: &decision.audit_annotations,
+        },
+    };
+    // Serialising plain strings, bools and maps of strings cannot fail.
+    serde_json::to_vec(&out).unwrap_or_default()
+}

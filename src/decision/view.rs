@@ -1,0 +1,266 @@
+//! The slice of the cluster that the decision reads: Services and Nodes, reduced to the
+//! fields it uses. Both the watch-fed cache and the state file build these, so nothing here
+//! keeps `managedFields`, status conditions or anything else the decision never looks at.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Annotation an operator sets on a Service to name the host clients should use.
+pub const EXTERNAL_HOST_ANNOTATION: &str = "memgraph-address-injector/external-host";
+/// external-dns' annotation; the chart sets it per instance when asked to.
+pub const EXTERNAL_DNS_ANNOTATION: &str = "external-dns.alpha.kubernetes.io/hostname";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+impl ServiceType {
+    pub fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("NodePort") => Self::NodePort,
+            Some("LoadBalancer") => Self::LoadBalancer,
+            Some("ExternalName") => Self::ExternalName,
+            _ => Self::ClusterIp,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+            Self::ExternalName => "ExternalName",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(i32),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortView {
+    pub name: Option<String>,
+    pub protocol: String,
+    pub port: i32,
+    pub target_port: Option<TargetPort>,
+    pub node_port: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadBalancerIngress {
+    pub ip: Option<String>,
+    pub hostname: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    pub namespace: String,
+    pub name: String,
+    pub type_: ServiceType,
+    /// `clusterIP: None`: a headless Service never matches.
+    pub headless: bool,
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePortView>,
+    pub external_ips: Vec<String>,
+    pub external_traffic_policy_local: bool,
+    pub external_host_annotation: Option<String>,
+    pub external_dns_annotation: Option<String>,
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+impl ServiceView {
+    pub fn from_service(svc: &Service) -> Option<Self> {
+        let meta = &svc.metadata;
+        let name = meta.name.clone()?;
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let spec = svc.spec.as_ref();
+        let annotation = |key: &str| {
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .map(|ports| {
+                ports
+                    .iter()
+                    .map(|p| ServicePortView {
+                        name: p.name.clone(),
+                        protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        port: p.port,
+                        target_port: p.target_port.as_ref().map(|t| match t {
+                            IntOrString::Int(n) => TargetPort::Number(*n),
+                            IntOrString::String(s) => match s.parse::<i32>() {
+                                Ok(n) => TargetPort::Number(n),
+                                Err(_) => TargetPort::Name(s.clone()),
+                            },
+                        }),
+                        node_port: p.node_port,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|list| {
+                list.iter()
+                    .map(|i| LoadBalancerIngress {
+                        ip: i.ip.clone().filter(|v| !v.is_empty()),
+                        hostname: i.hostname.clone().filter(|v| !v.is_empty()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            namespace,
+            name,
+            type_: ServiceType::parse(spec.and_then(|s| s.type_.as_deref())),
+            headless: spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None"),
+            selector: spec
+                .and_then(|s| s.selector.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            ports,
+            external_ips: spec
+                .and_then(|s| s.external_ips.clone())
+                .unwrap_or_default(),
+            external_traffic_policy_local: spec
+                .and_then(|s| s.external_traffic_policy.as_deref())
+                == Some("Local"),
+            external_host_annotation: annotation(EXTERNAL_HOST_ANNOTATION),
+            external_dns_annotation: annotation(EXTERNAL_DNS_ANNOTATION),
+            ingress,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub ready: bool,
+    pub unschedulable: bool,
+    /// `(type, address)` in the order the Node reports them.
+    pub addresses: Vec<(String, String)>,
+}
+
+impl NodeView {
+    pub fn from_node(node: &Node) -> Option<Self> {
+        let name = node.metadata.name.clone()?;
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            .unwrap_or(false);
+        Some(Self {
+            name,
+            ready,
+            unschedulable: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+            addresses: status
+                .and_then(|s| s.addresses.as_ref())
+                .map(|a| {
+                    a.iter()
+                        .map(|a| (a.type_.clone(), a.address.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Services indexed by namespace (then name) and Nodes by name: a lookup touches one
+/// namespace, never the whole cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    services: HashMap<String, BTreeMap<String, ServiceView>>,
+    nodes: BTreeMap<String, NodeView>,
+}
+
+impl ClusterState {
+    pub fn services_in<'s>(&'s self, namespace: &str) -> impl Iterator<Item = &'s ServiceView> {
+        self.services
+            .get(namespace)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceView> {
+        self.services.get(namespace).and_then(|m| m.get(name))
+    }
+
+    /// Nodes sorted by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes.values()
+    }
+
+    pub fn upsert_service(&mut self, svc: ServiceView) {
+        self.services
+            .entry(svc.namespace.clone())
+            .or_default()
+            .insert(svc.name.clone(), svc);
+    }
+
+    pub fn remove_service(&mut self, namespace: &str, name: &str) {
+        if let Some(m) = self.services.get_mut(namespace) {
+            m.remove(name);
+            if m.is_empty() {
+                self.services.remove(namespace);
+            }
+        }
+    }
+
+    /// Replace one namespace's Services wholesale (a fresh live list of it).
+    pub fn replace_namespace(&mut self, namespace: &str, services: Vec<ServiceView>) {
+        let map: BTreeMap<_, _> = services.into_iter().map(|s| (s.name.clone(), s)).collect();
+        if map.is_empty() {
+            self.services.remove(namespace);
+        } else {
+            self.services.insert(namespace.to_string(), map);
+        }
+    }
+
+    pub fn replace_all_services(&mut self, services: Vec<ServiceView>) {
+        self.services.clear();
+        for s in services {
+            self.upsert_service(s);
+        }
+    }
+
+    pub fn upsert_node(&mut self, node: NodeView) {
+        self.nodes.insert(node.name.clone(), node);
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    pub fn replace_all_nodes(&mut self, nodes: Vec<NodeView>) {
+        self.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.values().map(|m| m.len()).sum()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}

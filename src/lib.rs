@@ -1,0 +1,4 @@
+//! memgraph-address-injector: a mutating admission webhook that gives each Memgraph HA pod
+//! the Bolt address clients outside the cluster can reach.
+
+pub mod decision;
