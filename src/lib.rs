@@ -1,4 +1,5 @@
 //! memgraph-address-injector: a mutating admission webhook that gives each Memgraph HA pod
 //! the Bolt address clients outside the cluster can reach.
 
+pub mod cluster;
 pub mod decision;

@@ -160,7 +160,9 @@ pub fn resolve(
                             .map(|a| (n.name.clone(), a))
                     })
                     .or_else(|| {
-                        usable().find_map(|n| of_type(n).into_iter().next().map(|a| (n.name.clone(), a)))
+                        usable().find_map(|n| {
+                            of_type(n).into_iter().next().map(|a| (n.name.clone(), a))
+                        })
                     });
                 if let Some((node, host)) = pick {
                     let mut warnings = warnings;

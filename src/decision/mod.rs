@@ -230,7 +230,12 @@ pub fn decide(
 }
 
 /// The decision for a Pod being created in `namespace`.
-pub fn decide_pod(pod: &Pod<'_>, namespace: &str, cluster: &ClusterState, config: &Config) -> Decision {
+pub fn decide_pod(
+    pod: &Pod<'_>,
+    namespace: &str,
+    cluster: &ClusterState,
+    config: &Config,
+) -> Decision {
     if pod.annotation(pod::OPT_OUT_ANNOTATION) == Some("false") {
         return Decision::allow(Outcome::Ignored);
     }
@@ -387,8 +392,7 @@ fn hostname_rewrite_blocker(
     ] {
         let Some(port) = port else { continue };
         let exposed = service.ports.iter().any(|p| {
-            service::port_reaches(p, port, pod)
-                && address::external_port(service, p) == Some(port)
+            service::port_reaches(p, port, pod) && address::external_port(service, p) == Some(port)
         });
         if !exposed {
             return Some(format!(
@@ -397,7 +401,9 @@ fn hostname_rewrite_blocker(
             ));
         }
     }
-    let own = service.selector.contains_key("statefulset.kubernetes.io/pod-name")
+    let own = service
+        .selector
+        .contains_key("statefulset.kubernetes.io/pod-name")
         || pod
             .owning_statefulset()
             .is_some_and(|o| service.name.starts_with(o));
@@ -409,3 +415,6 @@ fn hostname_rewrite_blocker(
     }
     None
 }
+
+#[cfg(test)]
+mod tests;

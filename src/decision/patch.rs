@@ -66,7 +66,11 @@ pub fn annotations(pod: &Pod<'_>, wanted: &[(&str, &str)]) -> Vec<PatchOperation
 
 /// Environment variables to set in one container. An existing entry is replaced in place
 /// (also one with `valueFrom`), later duplicates of the name are removed, new ones appended.
-pub fn env(index: usize, container: &Container<'_>, wanted: &[(&str, &str)]) -> Vec<PatchOperation> {
+pub fn env(
+    index: usize,
+    container: &Container<'_>,
+    wanted: &[(&str, &str)],
+) -> Vec<PatchOperation> {
     let env_path = || pointer(container_path(index, "env"));
     let Some(existing) = container.env.as_ref() else {
         if wanted.is_empty() {
@@ -119,7 +123,12 @@ pub fn env(index: usize, container: &Container<'_>, wanted: &[(&str, &str)]) -> 
 
 /// Sets `--name=value` on the container: rewrites the value of an existing flag in place
 /// (either form), else appends the flag to `args`.
-pub fn flag(index: usize, container: &Container<'_>, name: &str, value: &str) -> Vec<PatchOperation> {
+pub fn flag(
+    index: usize,
+    container: &Container<'_>,
+    name: &str,
+    value: &str,
+) -> Vec<PatchOperation> {
     let token_path = |list: ArgList, i: usize| {
         let mut path = pointer(container_path(index, list.field()));
         path.push_back(i);

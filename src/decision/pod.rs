@@ -403,9 +403,8 @@ impl<'a> Container<'a> {
     /// A port from an environment variable (which wins, as in Memgraph) or a flag.
     fn port_setting(&self, flag: Option<&str>, env: Option<&str>) -> Result<Option<i32>, PodError> {
         let from_env = env.and_then(|e| self.env_value(e).map(|v| (e.to_string(), v)));
-        let setting = from_env.or_else(|| {
-            flag.and_then(|f| self.flag(f).map(|hit| (format!("--{f}"), hit.value)))
-        });
+        let setting = from_env
+            .or_else(|| flag.and_then(|f| self.flag(f).map(|hit| (format!("--{f}"), hit.value))));
         let Some((source_name, value)) = setting else {
             return Ok(None);
         };
@@ -476,21 +475,19 @@ pub fn memgraph_pod<'p, 'a>(
             container.port_setting(Some("management-port"), None)?,
         )
     };
-    let (version, version_source) = match pod
-        .annotation(VERSION_ANNOTATION)
-        .and_then(Version::parse)
-    {
-        Some(v) => (v, VersionSource::Annotation),
-        None => match container
-            .image
-            .as_deref()
-            .and_then(|i| parse_image(i).1)
-            .and_then(version_from_tag)
-        {
-            Some(v) => (v, VersionSource::ImageTag),
-            None => (recognition.default_version, VersionSource::Default),
-        },
-    };
+    let (version, version_source) =
+        match pod.annotation(VERSION_ANNOTATION).and_then(Version::parse) {
+            Some(v) => (v, VersionSource::Annotation),
+            None => match container
+                .image
+                .as_deref()
+                .and_then(|i| parse_image(i).1)
+                .and_then(version_from_tag)
+            {
+                Some(v) => (v, VersionSource::ImageTag),
+                None => (recognition.default_version, VersionSource::Default),
+            },
+        };
     Ok(Some(MemgraphPod {
         container_index,
         container,
@@ -519,7 +516,9 @@ mod tests {
             ("memgraph/memgraph", Some("2.22.0"))
         );
         assert_eq!(
-            parse_image("registry.example.com:5000/memgraph/memgraph-mage:3.1.0-memgraph-3.1.0@sha256:abc"),
+            parse_image(
+                "registry.example.com:5000/memgraph/memgraph-mage:3.1.0-memgraph-3.1.0@sha256:abc"
+            ),
             ("memgraph/memgraph-mage", Some("3.1.0-memgraph-3.1.0"))
         );
         assert_eq!(
@@ -528,7 +527,9 @@ mod tests {
         );
         assert!(is_memgraph_image("docker.io/memgraph/memgraph:3.2"));
         assert!(is_memgraph_image("docker.io/library/memgraph/memgraph"));
-        assert!(is_memgraph_image("mirror.local/cache/memgraph/memgraph-mage"));
+        assert!(is_memgraph_image(
+            "mirror.local/cache/memgraph/memgraph-mage"
+        ));
         assert!(!is_memgraph_image("memgraph/lab:latest"));
         assert!(!is_memgraph_image("notmemgraph/memgraph:1"));
         assert!(!is_memgraph_image("busybox"));
@@ -555,9 +556,11 @@ mod tests {
 
     #[test]
     fn flags_in_both_forms_and_env_override() {
-        let p = pod(r#"{"spec":{"containers":[{"name":"memgraph","image":"memgraph/memgraph:3.2.0",
+        let p = pod(
+            r#"{"spec":{"containers":[{"name":"memgraph","image":"memgraph/memgraph:3.2.0",
             "args":["--coordinator-id","1","--bolt_port=7700","--management-port=10000"],
-            "env":[{"name":"MEMGRAPH_BOLT_PORT","value":"7800"}]}]}}"#);
+            "env":[{"name":"MEMGRAPH_BOLT_PORT","value":"7800"}]}]}}"#,
+        );
         let rec = Recognition {
             container_names: vec!["memgraph".into()],
             default_version: Version::new(3, 0, 0),
@@ -568,7 +571,10 @@ mod tests {
         assert_eq!(mg.management_port, Some(10000));
         assert_eq!(mg.coordinator_port, None);
         let hit = mg.container.flag("coordinator-id").unwrap();
-        assert_eq!((hit.index, hit.value, hit.value_in_next_token), (0, "1", true));
+        assert_eq!(
+            (hit.index, hit.value, hit.value_in_next_token),
+            (0, "1", true)
+        );
     }
 
     #[test]

@@ -127,10 +127,10 @@ pub fn encode(uid: &str, decision: &super::Decision) -> Vec<u8> {
         response: ResponseOut {
             uid,
             allowed: decision.denial.is_none(),
-            status: decision.denial.as_deref().map(|message| StatusOut {
-                code: 403,
-                message,
-            }),
+            status: decision
+                .denial
+                .as_deref()
+                .map(|message| StatusOut { code: 403, message }),
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch,
             warnings: &decision.warnings,

@@ -139,8 +139,7 @@ impl ServiceView {
             external_ips: spec
                 .and_then(|s| s.external_ips.clone())
                 .unwrap_or_default(),
-            external_traffic_policy_local: spec
-                .and_then(|s| s.external_traffic_policy.as_deref())
+            external_traffic_policy_local: spec.and_then(|s| s.external_traffic_policy.as_deref())
                 == Some("Local"),
             external_host_annotation: annotation(EXTERNAL_HOST_ANNOTATION),
             external_dns_annotation: annotation(EXTERNAL_DNS_ANNOTATION),

@@ -1,0 +1,283 @@
+//! The cluster view behind the decision, fed either from a state file (`review`,
+//! `serve --cluster-state`) or from watches against the API server (`serve`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::ListParams;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use serde::Deserialize;
+
+use crate::decision::view::{ClusterState, NodeView, ServiceView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: document {index} is not valid JSON or YAML: {message}")]
+    Syntax {
+        path: String,
+        index: usize,
+        message: String,
+    },
+    #[error("{path}: document {index} has no kind; expected Services, Nodes or a v1 List of them (kubectl get svc,nodes -A -o yaml)")]
+    NoKind { path: String, index: usize },
+    #[error("{path}: {kind} {name:?} is not a readable {kind}: {message}")]
+    BadObject {
+        path: String,
+        kind: String,
+        name: String,
+        message: String,
+    },
+}
+
+/// Splits JSON (one value or a stream of values) or multi-document YAML into values.
+pub fn parse_documents(text: &str, path: &str) -> Result<Vec<serde_json::Value>, StateError> {
+    let syntax = |index: usize, message: String| StateError::Syntax {
+        path: path.to_string(),
+        index,
+        message,
+    };
+    let trimmed = text.trim_start();
+    let mut docs = Vec::new();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        for (index, value) in serde_json::Deserializer::from_str(trimmed)
+            .into_iter::<serde_json::Value>()
+            .enumerate()
+        {
+            docs.push(value.map_err(|e| syntax(index + 1, e.to_string()))?);
+        }
+    } else {
+        for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = serde_json::Value::deserialize(doc)
+                .map_err(|e| syntax(index + 1, e.to_string()))?;
+            if !value.is_null() {
+                docs.push(value);
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// Builds a cluster view from `kubectl get svc,nodes -A -o yaml` output or documents of
+/// Services and Nodes. Other kinds are skipped.
+pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateError> {
+    let mut objects = Vec::new();
+    for (index, doc) in parse_documents(text, path)?.into_iter().enumerate() {
+        match doc {
+            serde_json::Value::Array(items) => objects.extend(items),
+            doc if doc.get("items").is_some_and(|i| i.is_array()) => {
+                if let Some(serde_json::Value::Array(items)) = doc.get("items").cloned() {
+                    objects.extend(items);
+                }
+            }
+            doc if doc.get("kind").is_none() => {
+                return Err(StateError::NoKind {
+                    path: path.to_string(),
+                    index: index + 1,
+                })
+            }
+            doc => objects.push(doc),
+        }
+    }
+    let mut state = ClusterState::default();
+    for object in objects {
+        let kind = object
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let bad = |message: String| StateError::BadObject {
+            path: path.to_string(),
+            kind: kind.clone(),
+            name: name.clone(),
+            message,
+        };
+        match kind.as_str() {
+            "Service" => {
+                let svc: Service =
+                    serde_json::from_value(object).map_err(|e| bad(e.to_string()))?;
+                let view = ServiceView::from_service(&svc)
+                    .ok_or_else(|| bad("it has no metadata.name".into()))?;
+                state.upsert_service(view);
+            }
+            "Node" => {
+                let node: Node = serde_json::from_value(object).map_err(|e| bad(e.to_string()))?;
+                let view = NodeView::from_node(&node)
+                    .ok_or_else(|| bad("it has no metadata.name".into()))?;
+                state.upsert_node(view);
+            }
+            _ => {}
+        }
+    }
+    Ok(state)
+}
+
+pub fn load_state_file(path: &str) -> Result<ClusterState, StateError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StateError::Read {
+        path: path.to_string(),
+        source,
+    })?;
+    state_from_text(&text, path)
+}
+
+/// The view the server decides against: a lock around the state, and whether each watch
+/// has listed once (readiness).
+#[derive(Clone, Default)]
+pub struct SharedCluster {
+    state: Arc<RwLock<ClusterState>>,
+    services_listed: Arc<AtomicBool>,
+    nodes_listed: Arc<AtomicBool>,
+    client: Option<Client>,
+}
+
+impl SharedCluster {
+    /// A fixed view from a state file: ready at once, never refreshed.
+    pub fn fixed(state: ClusterState) -> Self {
+        Self {
+            state: Arc::new(RwLock::new(state)),
+            services_listed: Arc::new(AtomicBool::new(true)),
+            nodes_listed: Arc::new(AtomicBool::new(true)),
+            client: None,
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
+        // A writer that panicked left a consistent map (each update is one insert/remove).
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ClusterState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.services_listed.load(Ordering::Acquire) && self.nodes_listed.load(Ordering::Acquire)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Lists one namespace's Services from the API server (on a cache miss: Helm creates the
+    /// Service and the StatefulSet together, so the watch may lag) and stores them.
+    /// Returns false when no live list was possible in time.
+    pub async fn refresh_namespace(&self, namespace: &str, budget: Duration) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+        match tokio::time::timeout(budget, api.list(&ListParams::default())).await {
+            Ok(Ok(list)) => {
+                let views = list
+                    .items
+                    .iter()
+                    .filter_map(ServiceView::from_service)
+                    .collect();
+                self.write().replace_namespace(namespace, views);
+                true
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(%namespace, error = %err, "live list of Services failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%namespace, "live list of Services timed out");
+                false
+            }
+        }
+    }
+
+    /// Starts watches of Services and Nodes in all namespaces. They run until the process
+    /// ends; errors are retried with backoff by the watcher.
+    pub fn watched(client: Client) -> Self {
+        let shared = Self {
+            client: Some(client.clone()),
+            ..Self::default()
+        };
+        tokio::spawn(watch_services(
+            Api::<Service>::all(client.clone()),
+            shared.clone(),
+        ));
+        tokio::spawn(watch_nodes(Api::<Node>::all(client), shared.clone()));
+        shared
+    }
+}
+
+async fn watch_services(api: Api<Service>, shared: SharedCluster) {
+    use kube::runtime::WatchStreamExt;
+    let mut initial = Vec::new();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => initial.clear(),
+            Ok(Event::InitApply(svc)) => initial.extend(ServiceView::from_service(&svc)),
+            Ok(Event::InitDone) => {
+                let count = initial.len();
+                shared
+                    .write()
+                    .replace_all_services(std::mem::take(&mut initial));
+                shared.services_listed.store(true, Ordering::Release);
+                tracing::info!(services = count, "Services listed");
+            }
+            Ok(Event::Apply(svc)) => {
+                if let Some(view) = ServiceView::from_service(&svc) {
+                    shared.write().upsert_service(view);
+                }
+            }
+            Ok(Event::Delete(svc)) => {
+                if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
+                    shared.write().remove_service(ns, name);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "Service watch error; retrying"),
+        }
+    }
+}
+
+async fn watch_nodes(api: Api<Node>, shared: SharedCluster) {
+    use kube::runtime::WatchStreamExt;
+    let mut initial = Vec::new();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => initial.clear(),
+            Ok(Event::InitApply(node)) => initial.extend(NodeView::from_node(&node)),
+            Ok(Event::InitDone) => {
+                let count = initial.len();
+                shared
+                    .write()
+                    .replace_all_nodes(std::mem::take(&mut initial));
+                shared.nodes_listed.store(true, Ordering::Release);
+                tracing::info!(nodes = count, "Nodes listed");
+            }
+            Ok(Event::Apply(node)) => {
+                if let Some(view) = NodeView::from_node(&node) {
+                    shared.write().upsert_node(view);
+                }
+            }
+            Ok(Event::Delete(node)) => {
+                if let Some(name) = &node.metadata.name {
+                    shared.write().remove_node(name);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "Node watch error; retrying"),
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! The decision over fixture files shaped as the Memgraph HA chart renders them. Every patch
+//! is applied to the original object with json-patch, the result checked, and the patched
+//! pod reviewed again to prove the webhook idempotent.
+
+use serde_json::{json, Value};
+
+use super::pod::Version;
+use super::view::{ClusterState, ServiceType};
+use super::*;
+
+fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+fn pod_value(path: &str) -> Value {
+    serde_yaml::from_str(&fixture(path)).unwrap()
+}
+
+fn state(path: &str) -> ClusterState {
+    crate::cluster::state_from_text(&fixture(&format!("states/{path}")), path).unwrap()
+}
+
+struct Run {
+    decision: Decision,
+    patched: Value,
+}
+
+impl Run {
+    fn env(&self, name: &str) -> Option<Value> {
+        let env = self.patched.pointer("/spec/containers/0/env")?.as_array()?;
+        let matching: Vec<_> = env.iter().filter(|e| e["name"] == name).collect();
+        assert!(matching.len() <= 1, "duplicate env {name}: {env:?}");
+        matching.first().map(|e| (*e).clone())
+    }
+
+    fn env_value(&self, name: &str) -> Option<String> {
+        self.env(name)
+            .and_then(|e| e.get("value").and_then(|v| v.as_str()).map(String::from))
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.patched
+            .pointer("/metadata/annotations")?
+            .get(key)?
+            .as_str()
+    }
+
+    fn args(&self) -> Vec<String> {
+        serde_json::from_value(self.patched["spec"]["containers"][0]["args"].clone())
+            .unwrap_or_default()
+    }
+
+    fn warned(&self, needle: &str) -> bool {
+        self.decision.warnings.iter().any(|w| w.contains(needle))
+    }
+}
+
+/// Decides, applies the patch, and checks that the patched pod needs no further patch.
+fn run_with(pod: Value, cluster: &ClusterState, config: &Config) -> Run {
+    let text = pod.to_string();
+    let typed: Pod<'_> = serde_json::from_str(&text).unwrap();
+    let decision = decide_pod(&typed, "memgraph", cluster, config);
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &decision.patch)
+        .unwrap_or_else(|e| panic!("patch {:?} does not apply: {e}", decision.patch));
+    if !decision.patch.is_empty() {
+        let again_text = patched.to_string();
+        let again: Pod<'_> = serde_json::from_str(&again_text).unwrap();
+        let second = decide_pod(&again, "memgraph", cluster, config);
+        assert!(
+            second.patch.is_empty(),
+            "not idempotent: second patch {:?}",
+            second.patch
+        );
+        assert_eq!(second.outcome, Outcome::Unchanged);
+        assert_eq!(second.address, decision.address);
+    }
+    Run { decision, patched }
+}
+
+fn run(pod: &str, cluster: &str) -> Run {
+    run_with(pod_value(pod), &state(cluster), &Config::default())
+}
+
+#[test]
+fn nodeport_coordinator_3x_gets_env_and_annotations_and_no_flag() {
+    let r = run("pods/coordinator-3x.yaml", "nodeport.yaml");
+    assert_eq!(r.decision.outcome, Outcome::Injected);
+    assert_eq!(r.decision.role, Some(Role::Coordinator));
+    assert!(r.decision.denial.is_none());
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("203.0.113.10:31001")
+    );
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("203.0.113.10:31001"));
+    assert_eq!(
+        r.annotation(SOURCE_ANNOTATION),
+        Some("NodePort Service memgraph-coordinator-1-external (Node node-a ExternalIP)")
+    );
+    // Memgraph 3 has no flag for the Bolt address: the args are untouched.
+    let original: Vec<String> = serde_json::from_value(
+        pod_value("pods/coordinator-3x.yaml")["spec"]["containers"][0]["args"].clone(),
+    )
+    .unwrap();
+    assert_eq!(r.args(), original);
+    // The license entry with valueFrom is kept; ours is appended.
+    assert!(r.env("MEMGRAPH_ENTERPRISE_LICENSE").unwrap()["valueFrom"].is_object());
+    // No coordination variable was added (trap 2).
+    for var in pod::COORDINATION_ENV_VARS {
+        assert!(r.env(var).is_none(), "{var} added");
+    }
+    assert_eq!(
+        r.decision
+            .audit_annotations
+            .get("bolt-address")
+            .map(String::as_str),
+        Some("203.0.113.10:31001")
+    );
+}
+
+#[test]
+fn nodeport_data_instance_gets_env_array_added_whole() {
+    let r = run("pods/data-3x.yaml", "nodeport.yaml");
+    assert_eq!(r.decision.role, Some(Role::Data));
+    assert_eq!(
+        r.patched["spec"]["containers"][0]["env"],
+        json!([{ "name": DEFAULT_ENV_NAME, "value": "203.0.113.10:32000" }])
+    );
+    assert!(r
+        .decision
+        .patch
+        .iter()
+        .any(|op| op.to_string().contains("\"/spec/containers/0/env\"")));
+}
+
+#[test]
+fn mage_image_with_named_target_port() {
+    let r = run("pods/data-mage.yaml", "nodeport.yaml");
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("203.0.113.10:32001")
+    );
+}
+
+#[test]
+fn memgraph_2_22_coordinator_behind_nodeport_keeps_hostname_and_warns() {
+    let r = run("pods/coordinator-2.22.yaml", "nodeport.yaml");
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("203.0.113.10:31001")
+    );
+    assert!(r.args().contains(
+        &"--coordinator-hostname=memgraph-coordinator-1.default.svc.cluster.local".into()
+    ));
+    assert!(
+        r.warned("external port 31001 differs from the Bolt port 7687"),
+        "{:?}",
+        r.decision.warnings
+    );
+    // Existing annotations are kept; ours are added by key.
+    assert_eq!(
+        r.annotation("kubectl.kubernetes.io/default-container"),
+        Some("memgraph-coordinator")
+    );
+}
+
+#[test]
+fn memgraph_2_22_coordinator_behind_its_own_loadbalancer_gets_hostname_rewritten_in_place() {
+    let original = pod_value("pods/coordinator-2.22.yaml");
+    let r = run("pods/coordinator-2.22.yaml", "loadbalancer.json");
+    let args = r.args();
+    assert_eq!(args[6], "--coordinator-hostname=198.51.100.1");
+    assert_eq!(
+        args.len(),
+        original["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("198.51.100.1:7687")
+    );
+    assert!(r.decision.warnings.is_empty(), "{:?}", r.decision.warnings);
+}
+
+#[test]
+fn two_token_form_is_rewritten_in_place() {
+    let r = run("pods/coordinator-2.22-two-token.yaml", "loadbalancer.json");
+    let args = r.args();
+    assert_eq!(args[8], "--coordinator-hostname");
+    assert_eq!(args[9], "198.51.100.2");
+    assert_eq!(args.len(), 10);
+}
+
+#[test]
+fn env_configured_coordinator_gets_hostname_variable_replaced_and_prefers_ipv4() {
+    let r = run("pods/coordinator-2.22-env.yaml", "loadbalancer.json");
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("198.51.100.3:7687")
+    );
+    assert_eq!(
+        r.env_value("MEMGRAPH_COORDINATOR_HOSTNAME").as_deref(),
+        Some("198.51.100.3")
+    );
+    // Replaced in place: still the 4th entry.
+    assert_eq!(
+        r.patched["spec"]["containers"][0]["env"][3]["name"],
+        "MEMGRAPH_COORDINATOR_HOSTNAME"
+    );
+    assert_eq!(r.args(), vec!["--bolt-port=7687", "--also-log-to-stderr"]);
+}
+
+#[test]
+fn own_external_service_beats_the_shared_coordinators_loadbalancer() {
+    let r = run("pods/coordinator-3x.yaml", "loadbalancer.json");
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("198.51.100.1:7687"));
+    assert!(r
+        .annotation(SOURCE_ANNOTATION)
+        .unwrap()
+        .starts_with("LoadBalancer Service memgraph-coordinator-1-external"));
+    assert!(r.decision.warnings.is_empty(), "{:?}", r.decision.warnings);
+}
+
+#[test]
+fn shared_loadbalancer_never_becomes_a_2_22_raft_endpoint() {
+    let mut cluster = state("loadbalancer.json");
+    cluster.remove_service("memgraph", "memgraph-coordinator-1-external");
+    let mut shared = cluster.service("memgraph", "coordinators").unwrap().clone();
+    shared.ports = cluster
+        .service("memgraph", "memgraph-coordinator-2-external")
+        .unwrap()
+        .ports
+        .clone();
+    cluster.upsert_service(shared);
+    let r = run_with(
+        pod_value("pods/coordinator-2.22.yaml"),
+        &cluster,
+        &Config::default(),
+    );
+    assert_eq!(
+        r.annotation(ADDRESS_ANNOTATION),
+        Some("198.51.100.100:7687")
+    );
+    assert!(r.args().iter().any(|a| a.ends_with("svc.cluster.local")));
+    assert!(
+        r.warned("is not this coordinator's own Service"),
+        "{:?}",
+        r.decision.warnings
+    );
+}
+
+#[test]
+fn loadbalancer_hostname_and_external_dns_annotation() {
+    let r = run("pods/data-3x.yaml", "loadbalancer.json");
+    assert_eq!(
+        r.annotation(ADDRESS_ANNOTATION),
+        Some("a1b2.elb.example.com:7687")
+    );
+    let r = run("pods/data-mage.yaml", "loadbalancer.json");
+    assert_eq!(
+        r.annotation(ADDRESS_ANNOTATION),
+        Some("data-1.graph.example.com:7687")
+    );
+    assert!(r
+        .annotation(SOURCE_ANNOTATION)
+        .unwrap()
+        .contains("external-dns"));
+}
+
+#[test]
+fn pending_loadbalancer_denies_naming_the_service_or_allows_with_warning() {
+    let r = run("pods/data-3x.yaml", "loadbalancer-pending.yaml");
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    let message = r.decision.denial.clone().unwrap();
+    assert!(message.contains("memgraph-data-0-external"), "{message}");
+    assert!(
+        message.contains("no status.loadBalancer.ingress"),
+        "{message}"
+    );
+    assert!(r.decision.patch.is_empty());
+
+    let config = Config {
+        on_pending: OnPending::Allow,
+        ..Config::default()
+    };
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state("loadbalancer-pending.yaml"),
+        &config,
+    );
+    assert!(r.decision.denial.is_none());
+    assert!(r.decision.patch.is_empty());
+    assert!(r.warned("admitted without an external Bolt address"));
+}
+
+#[test]
+fn external_host_annotation_needs_no_ingress() {
+    let r = run("pods/data-mage.yaml", "loadbalancer-pending.yaml");
+    assert_eq!(
+        r.annotation(ADDRESS_ANNOTATION),
+        Some("data-1.example.net:7687")
+    );
+}
+
+#[test]
+fn internal_ip_fallback_warns_and_prefers_ipv4() {
+    let r = run("pods/data-3x.yaml", "nodeport-internal-only.yaml");
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("10.0.0.11:32000"));
+    assert!(r.warned("InternalIP"));
+}
+
+#[test]
+fn configured_address_order_and_ipv6_brackets() {
+    let mut cluster = state("nodeport-internal-only.yaml");
+    cluster.remove_node("node-b");
+    let mut node = cluster.nodes().next().unwrap().clone();
+    node.addresses.retain(|(_, a)| a.contains(':'));
+    cluster.upsert_node(node);
+    let config = Config {
+        node_address_types: vec!["InternalIP".into()],
+        ..Config::default()
+    };
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &config);
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("[fd00::12]:32000"));
+}
+
+#[test]
+fn no_usable_node_is_pending() {
+    let mut cluster = state("nodeport.yaml");
+    for name in ["node-a", "node-b"] {
+        cluster.remove_node(name);
+    }
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    let message = r.decision.denial.unwrap();
+    assert!(message.contains("no Ready, schedulable Node"), "{message}");
+}
+
+#[test]
+fn external_ips_use_the_service_port() {
+    let mut cluster = state("nodeport.yaml");
+    let mut svc = cluster
+        .service("memgraph", "memgraph-data-0-external")
+        .unwrap()
+        .clone();
+    svc.external_ips = vec!["192.0.2.7".into()];
+    cluster.upsert_service(svc);
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("192.0.2.7:7687"));
+}
+
+#[test]
+fn local_traffic_policy_warns() {
+    let mut cluster = state("nodeport.yaml");
+    let mut svc = cluster
+        .service("memgraph", "memgraph-data-0-external")
+        .unwrap()
+        .clone();
+    svc.external_traffic_policy_local = true;
+    cluster.upsert_service(svc);
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
+    assert!(r.warned("externalTrafficPolicy: Local"));
+}
+
+fn with_annotation(path: &str, key: &str, value: &str) -> Value {
+    let mut pod = pod_value(path);
+    pod["metadata"]["annotations"][key] = json!(value);
+    pod
+}
+
+#[test]
+fn named_service_missing_or_unqualified_denies_naming_it() {
+    let cluster = state("nodeport.yaml");
+    let pod = with_annotation("pods/data-3x.yaml", pod::SERVICE_ANNOTATION, "nope");
+    let r = run_with(pod, &cluster, &Config::default());
+    assert_eq!(r.decision.outcome, Outcome::NamedServiceMissing);
+    assert!(r
+        .decision
+        .denial
+        .unwrap()
+        .contains("no Service nope exists in namespace memgraph"));
+
+    let pod = with_annotation(
+        "pods/data-3x.yaml",
+        pod::SERVICE_ANNOTATION,
+        "memgraph-data-0-internal",
+    );
+    let r = run_with(pod, &cluster, &Config::default());
+    let message = r.decision.denial.unwrap();
+    assert!(
+        message.contains("memgraph-data-0-internal") && message.contains("ClusterIP"),
+        "{message}"
+    );
+
+    let pod = with_annotation(
+        "pods/data-3x.yaml",
+        pod::SERVICE_ANNOTATION,
+        "memgraph-data-1-external",
+    );
+    let r = run_with(pod, &cluster, &Config::default());
+    assert!(r
+        .decision
+        .denial
+        .unwrap()
+        .contains("selector app=memgraph-data-1"));
+
+    let pod = with_annotation(
+        "pods/data-3x.yaml",
+        pod::SERVICE_ANNOTATION,
+        "memgraph-data-0-external",
+    );
+    let r = run_with(pod, &cluster, &Config::default());
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("203.0.113.10:32000"));
+}
+
+#[test]
+fn headless_and_clusterip_services_never_match() {
+    let mut cluster = state("nodeport.yaml");
+    cluster.remove_service("memgraph", "memgraph-coordinator-1-external");
+    let r = run_with(
+        pod_value("pods/coordinator-3x.yaml"),
+        &cluster,
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::NotExposed);
+    assert!(r.decision.patch.is_empty() && r.decision.denial.is_none());
+}
+
+#[test]
+fn a_tie_takes_the_first_by_name_and_names_every_candidate() {
+    let mut cluster = state("nodeport.yaml");
+    let mut twin = cluster
+        .service("memgraph", "memgraph-data-0-external")
+        .unwrap()
+        .clone();
+    twin.name = "another-data-0".into();
+    twin.ports[0].node_port = Some(32500);
+    cluster.upsert_service(twin);
+    let mut pod = pod_value("pods/data-3x.yaml");
+    pod["metadata"]["ownerReferences"] = json!([]);
+    let r = run_with(pod, &cluster, &Config::default());
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("203.0.113.10:32500"));
+    assert!(
+        r.warned("another-data-0, memgraph-data-0-external"),
+        "{:?}",
+        r.decision.warnings
+    );
+}
+
+#[test]
+fn a_pod_name_selector_is_more_specific() {
+    let mut cluster = state("nodeport.yaml");
+    let mut own = cluster
+        .service("memgraph", "memgraph-data-0-external")
+        .unwrap()
+        .clone();
+    own.name = "zz-pod".into();
+    own.selector = [(
+        "statefulset.kubernetes.io/pod-name".to_string(),
+        "memgraph-data-0-0".to_string(),
+    )]
+    .into();
+    own.ports[0].node_port = Some(32600);
+    cluster.upsert_service(own);
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
+    assert_eq!(r.annotation(ADDRESS_ANNOTATION), Some("203.0.113.10:32600"));
+}
+
+#[test]
+fn non_memgraph_and_opted_out_pods_are_untouched() {
+    for path in ["pods/non-memgraph.yaml", "pods/opted-out.yaml"] {
+        let r = run(path, "nodeport.yaml");
+        assert_eq!(r.decision.outcome, Outcome::Ignored, "{path}");
+        assert!(r.decision.patch.is_empty() && r.decision.denial.is_none());
+    }
+}
+
+#[test]
+fn existing_variable_with_value_from_is_replaced_in_place_and_duplicates_removed() {
+    let mut pod = pod_value("pods/data-3x.yaml");
+    pod["spec"]["containers"][0]["env"] = json!([
+        {"name": DEFAULT_ENV_NAME, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+        {"name": "KEEP", "value": "1"},
+        {"name": DEFAULT_ENV_NAME, "value": "old"},
+    ]);
+    let r = run_with(pod, &state("nodeport.yaml"), &Config::default());
+    assert_eq!(
+        r.patched["spec"]["containers"][0]["env"],
+        json!([{"name": DEFAULT_ENV_NAME, "value": "203.0.113.10:32000"}, {"name": "KEEP", "value": "1"}])
+    );
+}
+
+#[test]
+fn coordinator_flag_template_is_added_then_replaced_in_place() {
+    let config = Config {
+        coordinator_flag: Some(FlagTemplate::parse("--advertised-bolt={address}").unwrap()),
+        ..Config::default()
+    };
+    let r = run_with(
+        pod_value("pods/coordinator-3x.yaml"),
+        &state("nodeport.yaml"),
+        &config,
+    );
+    assert_eq!(
+        r.args().last().unwrap(),
+        "--advertised-bolt=203.0.113.10:31001"
+    );
+    let mut pod = pod_value("pods/coordinator-3x.yaml");
+    pod["spec"]["containers"][0]["args"][0] = json!("--advertised-bolt=stale:1");
+    let r = run_with(pod, &state("nodeport.yaml"), &config);
+    assert_eq!(r.args()[0], "--advertised-bolt=203.0.113.10:31001");
+    // Data instances never get it.
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state("nodeport.yaml"),
+        &config,
+    );
+    assert!(!r.args().iter().any(|a| a.starts_with("--advertised-bolt")));
+}
+
+#[test]
+fn bad_flag_templates_and_reserved_env_names_are_refused() {
+    for bad in ["advertised={address}", "--x", "--a b={host}", "--={host}"] {
+        assert!(FlagTemplate::parse(bad).is_err(), "{bad}");
+    }
+    for name in pod::MEMGRAPH_READS_ENV {
+        let config = Config {
+            env_name: name.to_string(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ReservedEnvName(name.to_string()))
+        );
+    }
+    let config = Config {
+        env_name: "1BAD".into(),
+        ..Config::default()
+    };
+    assert!(config.validate().is_err());
+    assert!(Config::default().validate().is_ok());
+}
+
+#[test]
+fn version_annotation_overrides_the_tag_and_default_applies_to_latest() {
+    // 3.x by annotation: the 2.22 hostname rule no longer applies.
+    let pod = with_annotation(
+        "pods/coordinator-2.22.yaml",
+        pod::VERSION_ANNOTATION,
+        "3.0.0",
+    );
+    let r = run_with(pod, &state("loadbalancer.json"), &Config::default());
+    assert!(r.args().iter().any(|a| a.ends_with("svc.cluster.local")));
+    let mut pod = pod_value("pods/coordinator-2.22.yaml");
+    pod["spec"]["containers"][0]["image"] = json!("memgraph/memgraph:latest");
+    let mut config = Config::default();
+    config.recognition.default_version = Version::new(2, 22, 0);
+    let r = run_with(pod, &state("loadbalancer.json"), &config);
+    assert!(r
+        .args()
+        .contains(&"--coordinator-hostname=198.51.100.1".to_string()));
+}
+
+#[test]
+fn annotation_keys_are_escaped_in_paths() {
+    let r = run("pods/coordinator-2.22.yaml", "nodeport.yaml");
+    let paths: Vec<String> = r.decision.patch.iter().map(|op| op.to_string()).collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.contains("/metadata/annotations/memgraph-address-injector~1bolt-address")),
+        "{paths:?}"
+    );
+}
+
+fn review(object: Value, operation: &str, sub_resource: Option<&str>) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": sub_resource,
+            "operation": operation,
+            "namespace": "memgraph",
+            "dryRun": false,
+            "object": object
+        }
+    })
+    .to_string()
+}
+
+#[test]
+fn review_round_trip_encodes_a_base64_patch_and_echoes_the_uid() {
+    let body = review(pod_value("pods/data-3x.yaml"), "CREATE", None);
+    let request = review::parse(body.as_bytes()).unwrap();
+    let decision = decide(&request, &state("nodeport.yaml"), &Config::default());
+    let out: Value = serde_json::from_slice(&review::encode(&request.uid, &decision)).unwrap();
+    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(out["kind"], "AdmissionReview");
+    assert_eq!(
+        out["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(out["response"]["allowed"], true);
+    assert_eq!(out["response"]["patchType"], "JSONPatch");
+    use base64::Engine;
+    let ops = base64::engine::general_purpose::STANDARD
+        .decode(out["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let ops: json_patch::Patch = serde_json::from_slice(&ops).unwrap();
+    let mut pod = pod_value("pods/data-3x.yaml");
+    json_patch::patch(&mut pod, &ops).unwrap();
+    assert_eq!(
+        pod["metadata"]["annotations"][ADDRESS_ANNOTATION],
+        "203.0.113.10:32000"
+    );
+}
+
+#[test]
+fn other_operations_subresources_and_unreadable_pods_are_allowed_untouched() {
+    let cluster = state("nodeport.yaml");
+    for (op, sub) in [("UPDATE", None), ("CREATE", Some("ephemeralcontainers"))] {
+        let body = review(pod_value("pods/data-3x.yaml"), op, sub);
+        let decision = decide(
+            &review::parse(body.as_bytes()).unwrap(),
+            &cluster,
+            &Config::default(),
+        );
+        assert_eq!(decision.outcome, Outcome::Ignored);
+        assert!(decision.patch.is_empty());
+    }
+    let body = review(
+        json!({"spec": {"containers": "not a list"}}),
+        "CREATE",
+        None,
+    );
+    let decision = decide(
+        &review::parse(body.as_bytes()).unwrap(),
+        &cluster,
+        &Config::default(),
+    );
+    assert_eq!(decision.outcome, Outcome::Unreadable);
+    assert!(decision.denial.is_none() && decision.patch.is_empty());
+    assert!(decision.warnings[0].contains("could not read the Pod"));
+}
+
+#[test]
+fn bad_envelopes_are_errors_naming_the_problem() {
+    assert!(matches!(
+        review::parse(b"not json"),
+        Err(review::ReviewError::NotJson(_))
+    ));
+    let no_request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+    assert!(matches!(
+        review::parse(no_request),
+        Err(review::ReviewError::NoRequest)
+    ));
+    let beta =
+        br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#;
+    let err = review::parse(beta).unwrap_err().to_string();
+    assert!(err.contains("v1beta1"), "{err}");
+}
+
+#[test]
+fn service_types_parse() {
+    assert_eq!(ServiceType::parse(None), ServiceType::ClusterIp);
+    assert_eq!(
+        ServiceType::parse(Some("LoadBalancer")).as_str(),
+        "LoadBalancer"
+    );
+}
