@@ -16,11 +16,8 @@ use crate::decision::view::{ClusterState, NodeView, ServiceView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: document {index} is not valid JSON or YAML: {message}")]
     Syntax {
         path: String,
@@ -126,9 +123,9 @@ pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateErro
 }
 
 pub fn load_state_file(path: &str) -> Result<ClusterState, StateError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StateError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| StateError::Read {
         path: path.to_string(),
-        source,
+        cause,
     })?;
     state_from_text(&text, path)
 }

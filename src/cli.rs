@@ -1,0 +1,345 @@
+//! The subcommands: `serve`, `review`, `gen-certs`. Each parses its flags into the pure
+//! decision's `Config` or the server's options and runs; errors go up to `main` as anyhow.
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::cluster::{self, SharedCluster};
+use crate::decision::pod::{Recognition, Version};
+use crate::decision::{self, review, Config, FlagTemplate, OnPending};
+use crate::server::{self, AppState, ServeOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "memgraph-address-injector",
+    version,
+    about = "Mutating admission webhook that injects the externally reachable Bolt address into Memgraph HA pods"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or memgraph_address_injector=debug.
+    #[arg(long, env = "MAI_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the webhook over HTTPS, with health and metrics over plain HTTP.
+    Serve(ServeArgs),
+    /// Decide one AdmissionReview or Pod offline, against a saved cluster state.
+    Review(ReviewArgs),
+    /// Generate a CA and a serving certificate for the webhook Service.
+    GenCerts(GenCertsArgs),
+}
+
+/// The decision's settings, shared by `serve` and `review`.
+#[derive(Args, Debug, Clone)]
+pub struct DecisionArgs {
+    /// Name of the environment variable injected into the Memgraph container. Names that
+    /// Memgraph reads itself are refused.
+    #[arg(long, env = "MAI_ENV_NAME", default_value = decision::DEFAULT_ENV_NAME)]
+    pub env_name: String,
+    /// What to do when the Service's external address is not known yet (LoadBalancer
+    /// without ingress, no node address).
+    #[arg(long, env = "MAI_ON_PENDING", value_enum, default_value = "deny")]
+    pub on_pending: OnPending,
+    /// Node address types to try for NodePort Services, in order.
+    #[arg(
+        long,
+        env = "MAI_NODE_ADDRESS_TYPES",
+        value_delimiter = ',',
+        default_value = "ExternalIP,InternalIP"
+    )]
+    pub node_address_types: Vec<String>,
+    /// Container names that mark the Memgraph container when the image is not memgraph's.
+    #[arg(
+        long,
+        env = "MAI_CONTAINER_NAMES",
+        value_delimiter = ',',
+        default_value = "memgraph,memgraph-coordinator,memgraph-data"
+    )]
+    pub container_names: Vec<String>,
+    /// Memgraph version assumed when neither the image tag nor the pod annotation gives one.
+    #[arg(long, env = "MAI_DEFAULT_MEMGRAPH_VERSION", default_value = "3.0.0", value_parser = parse_version)]
+    pub default_memgraph_version: Version,
+    /// A flag of your own entrypoint added to every coordinator, e.g.
+    /// `--advertised-bolt={address}` ({address}, {host}, {port}). A stock Memgraph exits on
+    /// unknown flags: use only with a wrapper that understands it.
+    #[arg(long, env = "MAI_COORDINATOR_FLAG")]
+    pub coordinator_flag: Option<String>,
+}
+
+fn parse_version(text: &str) -> Result<Version, String> {
+    Version::parse(text).ok_or_else(|| format!("{text:?} is not a version like 3.0.0"))
+}
+
+impl DecisionArgs {
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let config = Config {
+            recognition: Recognition {
+                container_names: self.container_names.clone(),
+                default_version: self.default_memgraph_version,
+            },
+            env_name: self.env_name.clone(),
+            on_pending: self.on_pending,
+            node_address_types: self
+                .node_address_types
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            coordinator_flag: self
+                .coordinator_flag
+                .as_deref()
+                .map(FlagTemplate::parse)
+                .transpose()?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[clap(flatten)]
+    pub decision: DecisionArgs,
+    /// HTTPS listen address for POST /mutate.
+    #[arg(long, env = "MAI_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP listen address for /livez, /readyz and /metrics.
+    #[arg(long, env = "MAI_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
+    pub health_listen: SocketAddr,
+    /// Serving certificate (PEM).
+    #[arg(
+        long,
+        env = "MAI_TLS_CERT",
+        default_value = "/etc/webhook/certs/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+    /// Serving key (PEM).
+    #[arg(
+        long,
+        env = "MAI_TLS_KEY",
+        default_value = "/etc/webhook/certs/tls.key"
+    )]
+    pub tls_key: PathBuf,
+    /// Serve from a static state file (Services and Nodes) instead of watching the API server.
+    #[arg(long, env = "MAI_CLUSTER_STATE")]
+    pub cluster_state: Option<PathBuf>,
+    /// Budget for a live Service list on a cache miss, in milliseconds; keep it below the
+    /// webhook's timeoutSeconds.
+    #[arg(long, env = "MAI_LIVE_LIST_TIMEOUT_MS", default_value_t = 2000)]
+    pub live_list_timeout_ms: u64,
+    /// How long in-flight requests may take to finish after SIGTERM, in seconds.
+    #[arg(long, env = "MAI_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewArgs {
+    #[clap(flatten)]
+    pub decision: DecisionArgs,
+    /// Services and Nodes: `kubectl get svc,nodes -A -o yaml`, or YAML/JSON documents of them.
+    #[arg(long, env = "MAI_CLUSTER")]
+    pub cluster: PathBuf,
+    /// An AdmissionReview or a Pod, JSON or YAML; standard input when absent.
+    #[arg(long, env = "MAI_INPUT")]
+    pub input: Option<PathBuf>,
+    /// Print the patched Pod instead of the AdmissionReview response.
+    #[arg(long, env = "MAI_PATCHED")]
+    pub patched: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenCertsArgs {
+    /// The webhook Service's name.
+    #[arg(long, env = "MAI_SERVICE", default_value = "memgraph-address-injector")]
+    pub service: String,
+    /// The webhook Service's namespace.
+    #[arg(
+        long,
+        env = "MAI_NAMESPACE",
+        default_value = "memgraph-address-injector"
+    )]
+    pub namespace: String,
+    /// Directory for ca.crt, tls.crt and tls.key.
+    #[arg(long, env = "MAI_OUT")]
+    pub out: PathBuf,
+    /// Extra IP SANs (e.g. 127.0.0.1 for a webhook reached by URL).
+    #[arg(long = "ip", env = "MAI_IPS", value_delimiter = ',')]
+    pub ips: Vec<IpAddr>,
+    /// Overwrite existing files.
+    #[arg(long, env = "MAI_FORCE")]
+    pub force: bool,
+    /// Validity of the serving certificate in days (the CA gets twice that).
+    #[arg(long, env = "MAI_VALID_DAYS", default_value_t = 365)]
+    pub valid_days: i64,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Review(args) => review_cmd(args),
+        Command::GenCerts(args) => gen_certs(args),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.decision.config()?;
+    let cluster = match &args.cluster_state {
+        Some(path) => {
+            let state = cluster::load_state_file(&path.to_string_lossy())?;
+            tracing::info!(
+                services = state.service_count(),
+                nodes = state.node_count(),
+                "serving from a state file"
+            );
+            SharedCluster::fixed(state)
+        }
+        None => {
+            let client = kube::Client::try_default().await.context(
+                "cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)",
+            )?;
+            SharedCluster::watched(client)
+        }
+    };
+    let app = AppState {
+        cluster,
+        config: Arc::new(config),
+        metrics: Arc::default(),
+        live_list_budget: Duration::from_millis(args.live_list_timeout_ms),
+    };
+    server::serve(
+        ServeOptions {
+            listen: args.listen,
+            health_listen: args.health_listen,
+            cert: args.tls_cert,
+            key: args.tls_key,
+            live_list_budget: app.live_list_budget,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        },
+        app,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A Pod is wrapped as the CREATE request the API server would send.
+fn wrap_pod(pod: &Value) -> Value {
+    let namespace = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    json!({
+        "apiVersion": review::API_VERSION,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000000",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "object": pod,
+        }
+    })
+}
+
+fn review_cmd(args: ReviewArgs) -> anyhow::Result<()> {
+    let config = args.decision.config()?;
+    let cluster_path = args.cluster.to_string_lossy().to_string();
+    let state = cluster::load_state_file(&cluster_path)?;
+    let (name, text) = match &args.input {
+        Some(path) => (
+            path.to_string_lossy().to_string(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read standard input")?;
+            ("<stdin>".to_string(), text)
+        }
+    };
+    let mut docs = cluster::parse_documents(&text, &name)?;
+    if docs.len() != 1 {
+        bail!(
+            "{name}: expected one AdmissionReview or Pod, found {} documents",
+            docs.len()
+        );
+    }
+    let doc = docs.remove(0);
+    let review_value = match doc.get("kind").and_then(Value::as_str) {
+        Some("AdmissionReview") => doc,
+        Some("Pod") => wrap_pod(&doc),
+        other => bail!(
+            "{name}: expected an AdmissionReview or a Pod, found kind {}",
+            other.unwrap_or("<none>")
+        ),
+    };
+    let body = review_value.to_string();
+    let request = review::parse(body.as_bytes()).with_context(|| name.clone())?;
+    let decision = decision::decide(&request, &state, &config);
+    if !args.patched {
+        return print_stdout(&review::encode(&request.uid, &decision));
+    }
+    for warning in &decision.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(denial) = &decision.denial {
+        eprintln!("denied: {denial}");
+    }
+    let mut pod = review_value
+        .pointer("/request/object")
+        .cloned()
+        .unwrap_or(Value::Null);
+    json_patch::patch(&mut pod, &decision.patch)
+        .with_context(|| format!("{name}: the patch does not apply to the pod"))?;
+    print_stdout(&serde_json::to_vec_pretty(&pod)?)
+}
+
+/// Writes a result line; a closed pipe (`| head`) is not an error.
+fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(bytes)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn gen_certs(args: GenCertsArgs) -> anyhow::Result<()> {
+    let files = crate::certs::generate(
+        &args.service,
+        &args.namespace,
+        &args.ips,
+        &args.out,
+        args.force,
+        args.valid_days,
+    )?;
+    println!(
+        "wrote {}, {} and {} for {}.{}.svc",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display(),
+        args.service,
+        args.namespace
+    );
+    Ok(())
+}

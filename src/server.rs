@@ -1,0 +1,264 @@
+//! `serve`: `POST /mutate` over HTTPS, and `/livez`, `/readyz`, `/metrics` on a plain-HTTP
+//! listener. A thin shell: it reads the body, calls the pure decision against the cluster
+//! view, and writes the answer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::cluster::SharedCluster;
+use crate::decision::{self, review, Config};
+use crate::metrics::Metrics;
+
+/// The API server's limit on a request body is 3 MiB, on an object ~1.5 MiB; anything past
+/// 7 MiB is not an AdmissionReview.
+pub const BODY_LIMIT: usize = 7 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot load the serving certificate: {0}")]
+    Certificate(#[from] crate::certs::CertError),
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error("the HTTPS server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub health_listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Time allowed for a live Service list on a cache miss; keep it below the webhook's
+    /// timeoutSeconds.
+    pub live_list_budget: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: SharedCluster,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub live_list_budget: Duration,
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
+}
+
+async fn mutate(State(app): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    if !is_json(request.headers()) {
+        app.metrics.record_bad_request("content_type");
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the request must have Content-Type: application/json (an AdmissionReview)".into(),
+        );
+    }
+    let body = match axum::body::to_bytes(request.into_body(), BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(err) => {
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|s| s.to_string().contains("length limit"));
+            if too_large {
+                app.metrics.record_bad_request("too_large");
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body exceeds {BODY_LIMIT} bytes (7 MiB); an AdmissionReview is far smaller"),
+                );
+            }
+            app.metrics.record_bad_request("body");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {err}"),
+            );
+        }
+    };
+    review_body(&app, body, started).await
+}
+
+async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response {
+    let request = match review::parse(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            app.metrics.record_bad_request("invalid_review");
+            return plain(StatusCode::BAD_REQUEST, err.to_string());
+        }
+    };
+    let mut decision = decision::decide(&request, &app.cluster.read(), &app.config);
+    if decision.outcome.may_be_cache_miss() && app.cluster.is_live() {
+        let namespace = request.namespace.as_deref().unwrap_or("default");
+        app.metrics.record_live_list();
+        if app
+            .cluster
+            .refresh_namespace(namespace, app.live_list_budget)
+            .await
+        {
+            decision = decision::decide(&request, &app.cluster.read(), &app.config);
+        }
+    }
+    let role = decision.role.map(|r| r.as_str()).unwrap_or("none");
+    app.metrics
+        .record(decision.outcome.as_str(), role, started.elapsed());
+    if decision.outcome != decision::Outcome::Ignored {
+        tracing::info!(
+            uid = %request.uid,
+            namespace = request.namespace.as_deref().unwrap_or(""),
+            result = decision.outcome.as_str(),
+            role,
+            address = decision.address.as_deref().unwrap_or(""),
+            denied = decision.denial.as_deref().unwrap_or(""),
+            dry_run = request.dry_run.unwrap_or(false),
+            "admission review"
+        );
+    }
+    let bytes = review::encode(&request.uid, &decision);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(bytes),
+    )
+        .into_response()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.cluster.is_ready() {
+        plain(StatusCode::OK, "ok".into())
+    } else {
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: Services and Nodes have not been listed yet".into(),
+        )
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let (services, nodes) = {
+        let state = app.cluster.read();
+        (state.service_count(), state.node_count())
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(services, nodes, app.cluster.is_ready()),
+    )
+        .into_response()
+}
+
+pub fn webhook_router(app: AppState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        // The body limit is enforced in the handler, with a message that says so.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+pub fn health_router(app: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// Runs both listeners until SIGTERM or Ctrl-C, then stops accepting and lets in-flight
+/// requests finish.
+pub async fn serve(options: ServeOptions, app: AppState) -> Result<(), ServeError> {
+    let tls = crate::certs::server_config(&options.cert, &options.key)?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+
+    let health_listener = tokio::net::TcpListener::bind(options.health_listen)
+        .await
+        .map_err(|cause| ServeError::Bind {
+            addr: options.health_listen,
+            cause,
+        })?;
+    let webhook_listener =
+        std::net::TcpListener::bind(options.listen).map_err(|cause| ServeError::Bind {
+            addr: options.listen,
+            cause,
+        })?;
+    webhook_listener
+        .set_nonblocking(true)
+        .map_err(ServeError::Serve)?;
+
+    let handle = axum_server::Handle::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let handle = handle.clone();
+        let grace = options.shutdown_grace;
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            handle.graceful_shutdown(Some(grace));
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let health = {
+        let mut stop = stop_rx.clone();
+        axum::serve(health_listener, health_router(app.clone())).with_graceful_shutdown(
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
+    };
+    tracing::info!(webhook = %options.listen, health = %options.health_listen, "serving");
+    let webhook = axum_server::from_tcp_rustls(webhook_listener, tls)
+        .map_err(ServeError::Serve)?
+        .handle(handle)
+        .serve(webhook_router(app).into_make_service());
+    let (webhook, health) = tokio::join!(webhook, health);
+    webhook.map_err(ServeError::Serve)?;
+    health.map_err(ServeError::Serve)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
