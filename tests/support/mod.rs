@@ -1,0 +1,176 @@
+//! Shared test support: free loopback ports, the webhook binary as a child process that is
+//! killed when the test ends (also on panic), and an HTTPS client that trusts its CA.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_memgraph-address-injector");
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed on drop.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn gen_certs(dir: &Path, ips: &[&str]) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["gen-certs", "--service", "memgraph-address-injector", "--namespace", "memgraph-address-injector", "--out"])
+        .arg(dir);
+    for ip in ips {
+        cmd.args(["--ip", ip]);
+    }
+    let out = cmd.output().expect("run gen-certs");
+    assert!(out.status.success(), "gen-certs failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub struct Webhook {
+    pub process: ChildGuard,
+    pub port: u16,
+    pub health_port: u16,
+    pub certs: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Webhook {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn health_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.health_port)
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.certs.join("ca.crt")).expect("ca.crt")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `serve` with fresh certificates in `dir`; `extra` are more serve flags (for example
+/// `--cluster-state FILE`), `env` more environment (for example KUBECONFIG).
+pub fn start_webhook(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhook {
+    let certs = dir.join("certs");
+    if !certs.join("ca.crt").exists() {
+        gen_certs(&certs, &["127.0.0.1"]);
+    }
+    let port = free_port();
+    let health_port = free_port();
+    let log = dir.join(format!("webhook-{port}.log"));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--health-listen", &format!("127.0.0.1:{health_port}")])
+        .arg("--tls-cert")
+        .arg(certs.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.join("tls.key"))
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("MAI_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn serve");
+    let webhook = Webhook {
+        process: ChildGuard { child, name: "webhook".into() },
+        port,
+        health_port,
+        certs,
+        log,
+    };
+    wait_until(Duration::from_secs(60), "the webhook's /livez", || {
+        std::net::TcpStream::connect(("127.0.0.1", health_port)).is_ok()
+    });
+    webhook
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A client that trusts only the webhook's CA.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).expect("CA PEM"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTPS client")
+}
+
+pub fn yaml_fixture(path: &str) -> serde_json::Value {
+    serde_yaml::from_str(&std::fs::read_to_string(fixture(path)).expect("fixture")).expect("YAML")
+}
+
+pub fn review_of(pod: &serde_json::Value, namespace: &str, uid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "dryRun": false,
+            "object": pod
+        }
+    })
+}
