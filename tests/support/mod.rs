@@ -2,6 +2,8 @@
 //! killed when the test ends (also on panic), and an HTTPS client that trusts its CA.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -173,4 +175,15 @@ pub fn review_of(pod: &serde_json::Value, namespace: &str, uid: &str) -> serde_j
             "object": pod
         }
     })
+}
+
+/// The status code of a plain-HTTP GET on 127.0.0.1, or None when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
 }

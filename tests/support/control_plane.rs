@@ -1,0 +1,286 @@
+//! A real Kubernetes control plane for the tests: etcd, kube-apiserver and
+//! kube-controller-manager built from Go modules by `scripts/build-control-plane`, started on
+//! free loopback ports in a temporary directory, and stopped on drop (also when a test panics).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, gen_certs, ChildGuard};
+
+pub struct ControlPlane {
+    // Dropped in reverse order of start: the controller manager first, etcd last.
+    processes: Vec<ChildGuard>,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub api_port: u16,
+    pub token: String,
+    pub ca_pem: Vec<u8>,
+    pub started_in: Duration,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        while let Some(mut process) = self.processes.pop() {
+            let _ = process.terminate(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Builds the binaries when missing (a no-op when cached) and returns their directory.
+pub fn binaries() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-control-plane");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/build-control-plane");
+    assert!(out.status.success(), "scripts/build-control-plane failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("the bin directory").trim())
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path, name: &str) -> ChildGuard {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    ChildGuard {
+        child,
+        name: name.to_string(),
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl ControlPlane {
+    pub fn start(dir: &Path) -> ControlPlane {
+        let bin = binaries();
+        let started = Instant::now();
+        let mut processes = Vec::new();
+
+        // etcd
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let etcd_log = dir.join("etcd.log");
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        processes.push(spawn(
+            &bin.join("etcd"),
+            &[
+                format!("--data-dir={}", dir.join("etcd-data").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--log-level=warn".into(),
+                "--quota-backend-bytes=2147483648".into(),
+            ],
+            &etcd_log,
+            "etcd",
+        ));
+
+        // Identities: the API server's serving certificate (our own gen-certs, with the
+        // 127.0.0.1 SAN), a service-account signing key, an admin token.
+        let pki = dir.join("pki");
+        gen_certs(&pki, &["127.0.0.1"]);
+        let sa_key = rcgen::KeyPair::generate().expect("service-account key");
+        std::fs::write(pki.join("sa.key"), sa_key.serialize_pem()).expect("sa.key");
+        std::fs::write(pki.join("sa.pub"), sa_key.public_key_pem()).expect("sa.pub");
+        let token = format!("e2e-{}", std::process::id());
+        std::fs::write(
+            pki.join("tokens.csv"),
+            format!("{token},admin,admin-uid,system:masters\n"),
+        )
+        .expect("tokens.csv");
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(
+            &audit_policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n  resources:\n  - group: \"\"\n    resources: [\"pods\"]\n  verbs: [\"create\"]\n- level: None\n",
+        )
+        .expect("audit policy");
+
+        let api_port = free_port();
+        let api_log = dir.join("kube-apiserver.log");
+        let pki_path = |f: &str| pki.join(f).display().to_string();
+        processes.push(spawn(
+            &bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--tls-cert-file={}", pki_path("tls.crt")),
+                format!("--tls-private-key-file={}", pki_path("tls.key")),
+                format!("--client-ca-file={}", pki_path("ca.crt")),
+                format!("--token-auth-file={}", pki_path("tokens.csv")),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-key-file={}", pki_path("sa.pub")),
+                format!("--service-account-signing-key-file={}", pki_path("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--service-node-port-range=30000-32767".into(),
+                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+                format!("--audit-policy-file={}", audit_policy.display()),
+                format!("--audit-log-path={}", dir.join("audit.log").display()),
+                "--enable-priority-and-fairness=false".into(),
+                "--v=1".into(),
+            ],
+            &api_log,
+            "kube-apiserver",
+        ));
+
+        let ca_pem = std::fs::read(pki.join("ca.crt")).expect("ca.crt");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_text(api_port, &ca_pem, &token)).expect("kubeconfig");
+
+        let ready = readyz(api_port, &ca_pem, &token, Duration::from_secs(120));
+        assert!(
+            ready,
+            "kube-apiserver did not become ready:\n{}\n--- etcd:\n{}",
+            tail(&api_log),
+            tail(&etcd_log)
+        );
+
+        let kcm_log = dir.join("kube-controller-manager.log");
+        processes.push(spawn(
+            &bin.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", kubeconfig.display()),
+                format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                "--controllers=statefulset-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller".into(),
+                format!("--service-account-private-key-file={}", pki_path("sa.key")),
+                format!("--root-ca-file={}", pki_path("ca.crt")),
+                "--use-service-account-credentials=false".into(),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()),
+                "--v=1".into(),
+            ],
+            &kcm_log,
+            "kube-controller-manager",
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut plane = ControlPlane {
+            processes,
+            dir: dir.to_path_buf(),
+            kubeconfig,
+            api_port,
+            token,
+            ca_pem,
+            started_in: Duration::ZERO,
+        };
+        if let Ok(Some(status)) = plane.processes[2].child.try_wait() {
+            panic!("kube-controller-manager exited with {status}:\n{}", tail(&kcm_log));
+        }
+        plane.started_in = started.elapsed();
+        plane
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("KUBECONFIG", self.kubeconfig.display().to_string())]
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("client config");
+        kube::Client::try_from(config).expect("client")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+}
+
+fn kubeconfig_text(port: u16, ca_pem: &[u8], token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: admin
+current-context: e2e
+"
+    )
+}
+
+fn readyz(port: u16, ca_pem: &[u8], token: &str, timeout: Duration) -> bool {
+    // Its own thread and runtime: callers may be inside an async test.
+    let (ca_pem, token) = (ca_pem.to_vec(), token.to_string());
+    std::thread::spawn(move || readyz_blocking(port, &ca_pem, &token, timeout))
+        .join()
+        .unwrap_or(false)
+}
+
+fn readyz_blocking(port: u16, ca_pem: &[u8], token: &str, timeout: Duration) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).expect("CA"))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let url = format!("https://127.0.0.1:{port}/readyz");
+    let mut ready = false;
+    wait_until_or(timeout, || {
+        ready = runtime.block_on(async {
+            match client.get(&url).bearer_auth(token).send().await {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            }
+        });
+        ready
+    });
+    ready
+}
+
+fn wait_until_or(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
