@@ -6,231 +6,54 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
+use support::chart::*;
 use support::control_plane::ControlPlane;
 use support::*;
 
 const ENV: &str = "MEMGRAPH_EXTERNAL_BOLT_ADDRESS";
-const ADDRESS: &str = "memgraph-address-injector/bolt-address";
+
 const SOURCE: &str = "memgraph-address-injector/source";
 
-fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("object")
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    api.create(&PostParams::default(), &from(json!({"metadata": {"name": name}})))
-        .await
-        .expect("namespace");
-    // The serviceaccount controller must create `default` before pods can be admitted.
-    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
-    wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
-        sa.get_opt("default").await.ok().flatten()
-    })
-    .await;
-}
-
-/// A Node with addresses and a Ready condition, set through the status subresource as a
-/// kubelet would.
-async fn node(client: &Client, name: &str, addresses: &[(&str, &str)]) {
-    let api: Api<Node> = Api::all(client.clone());
-    api.create(&PostParams::default(), &from(json!({"metadata": {"name": name}})))
-        .await
-        .expect("node");
-    let addresses: Vec<Value> = addresses
-        .iter()
-        .map(|(t, a)| json!({"type": t, "address": a}))
-        .collect();
-    let status = json!({"status": {
-        "addresses": addresses,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                        "message": "e2e", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-    }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("node status");
-}
-
-/// A StatefulSet as the Memgraph HA chart renders one: one per instance, replicas 1.
-fn chart_statefulset(name: &str, role: &str, image: &str, args: &[String]) -> StatefulSet {
-    let container = if role == "coordinator" { "memgraph-coordinator" } else { "memgraph-data" };
-    from(json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 1,
-            "serviceName": name,
-            "podManagementPolicy": "OrderedReady",
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name, "role": role}},
-                "spec": {
-                    "containers": [{
-                        "name": container,
-                        "image": image,
-                        "args": args,
-                        "ports": [{"containerPort": 7687}, {"containerPort": 10000}, {"containerPort": 12000}],
-                    }]
-                }
-            }
-        }
-    }))
-}
-
-fn coordinator_args(id: u32, ns: &str) -> Vec<String> {
-    vec![
-        "--bolt-port=7687".into(),
-        "--management-port=10000".into(),
-        "--coordinator-port=12000".into(),
-        format!("--coordinator-id={id}"),
-        format!("--coordinator-hostname=memgraph-coordinator-{id}.{ns}.svc.cluster.local"),
-        "--data-directory=/var/lib/memgraph/mg_data".into(),
-        "--log-level=TRACE".into(),
-        "--also-log-to-stderr".into(),
-        "--log-file=/var/log/memgraph/memgraph.log".into(),
-    ]
-}
-
-fn chart_222_coordinator_args(id: u32, ns: &str) -> Vec<String> {
-    vec![
-        format!("--coordinator-id={id}"),
-        "--coordinator-port=12000".into(),
-        "--management-port=10000".into(),
-        "--bolt-port=7687".into(),
-        "--also-log-to-stderr".into(),
-        "--log-level=TRACE".into(),
-        format!("--coordinator-hostname=memgraph-coordinator-{id}.{ns}.svc.cluster.local"),
-        "--log-file=/var/log/memgraph/memgraph.log".into(),
-        "--nuraft-log-file=/var/log/memgraph/memgraph.log".into(),
-    ]
-}
-
-fn data_args() -> Vec<String> {
-    ["--management-port=10000", "--bolt-port=7687", "--also-log-to-stderr", "--log-level=TRACE"]
-        .map(String::from)
-        .to_vec()
-}
-
-/// The chart's `<instance>-external` Service.
-fn external_service(instance: &str, type_: &str, ports: &[u16]) -> Service {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
-        .collect();
-    from(json!({
-        "metadata": {"name": format!("{instance}-external")},
-        "spec": {"type": type_, "selector": {"app": instance}, "ports": ports}
-    }))
-}
-
-async fn wait_pod(client: &Client, ns: &str, name: &str) -> Pod {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for(Duration::from_secs(60), &format!("pod {ns}/{name}"), || async {
-        pods.get_opt(name).await.ok().flatten()
-    })
-    .await
-}
-
 fn annotation<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
-    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 fn env_value(pod: &Pod, name: &str) -> Option<String> {
     let container = &pod.spec.as_ref()?.containers[0];
-    let matching: Vec<_> = container.env.as_ref()?.iter().filter(|e| e.name == name).collect();
+    let matching: Vec<_> = container
+        .env
+        .as_ref()?
+        .iter()
+        .filter(|e| e.name == name)
+        .collect();
     assert!(matching.len() <= 1, "duplicate {name}");
     matching.first().and_then(|e| e.value.clone())
 }
 
 fn args(pod: &Pod) -> Vec<String> {
-    pod.spec.as_ref().unwrap().containers[0].args.clone().unwrap_or_default()
+    pod.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
 }
 
 async fn node_port(client: &Client, ns: &str, service: &str) -> i32 {
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
     let svc = api.get(service).await.expect("service");
-    svc.spec.unwrap().ports.unwrap()[0].node_port.expect("nodePort allocated")
-}
-
-/// Creates a pod directly through the API and returns the response's Warning headers.
-async fn create_pod_raw(client: &Client, ns: &str, pod: &Value, dry_run: bool) -> (u16, Vec<String>, Value) {
-    let mut uri = format!("/api/v1/namespaces/{ns}/pods");
-    if dry_run {
-        uri.push_str("?dryRun=All");
-    }
-    let request = http::Request::post(uri)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(pod).unwrap())
-        .unwrap();
-    let response = client.send(request.map(kube::client::Body::from)).await.expect("pod create");
-    let status = response.status().as_u16();
-    let warnings = response
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| v.to_str().unwrap_or_default().to_string())
-        .collect();
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
-    (status, warnings, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-fn memgraph_pod(name: &str, annotations: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "memgraph-data-0", "role": "data"}, "annotations": annotations},
-        "spec": {"containers": [{"name": "memgraph-data", "image": "memgraph/memgraph:3.2.1", "args": data_args()}]}
-    })
-}
-
-/// Registers manifests/base's MutatingWebhookConfiguration with only clientConfig changed,
-/// then waits until a dryRun probe pod comes back mutated.
-async fn register_webhook(client: &Client, webhook: &Webhook) {
-    use base64::Engine;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("manifests/base/mutatingwebhookconfiguration.yaml");
-    let mut config: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let ca = base64::engine::general_purpose::STANDARD.encode(webhook.ca_pem());
-    config["webhooks"][0]["clientConfig"] = json!({"url": webhook.url("/mutate"), "caBundle": ca});
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    api.create(&PostParams::default(), &from(config)).await.expect("webhook configuration");
-
-    namespace(client, "e2e-probe").await;
-    let services: Api<Service> = Api::namespaced(client.clone(), "e2e-probe");
-    let mut probe_svc = external_service("memgraph-data-0", "LoadBalancer", &[7687]);
-    probe_svc.metadata.annotations =
-        Some(BTreeMap::from([("memgraph-address-injector/external-host".to_string(), "probe.example".to_string())]));
-    services.create(&PostParams::default(), &probe_svc).await.unwrap();
-    wait_for(Duration::from_secs(60), "a mutated dryRun probe pod", || async {
-        let (status, _, pod) = create_pod_raw(client, "e2e-probe", &memgraph_pod("probe", json!({})), true).await;
-        (status == 201 && pod.pointer("/metadata/annotations").and_then(|a| a.get(ADDRESS)).is_some()).then_some(())
-    })
-    .await;
+    svc.spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .expect("nodePort allocated")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +76,12 @@ async fn against_a_real_control_plane() {
     register_webhook(&client, &webhook).await;
     eprintln!("webhook registered after {:.1?}", started.elapsed());
 
-    node(&client, "node-a", &[("InternalIP", "10.0.0.10"), ("ExternalIP", "203.0.113.10")]).await;
+    node(
+        &client,
+        "node-a",
+        &[("InternalIP", "10.0.0.10"), ("ExternalIP", "203.0.113.10")],
+    )
+    .await;
     node(&client, "node-b", &[("InternalIP", "10.0.0.11")]).await;
 
     nodeport_cluster(&client).await;
@@ -269,7 +97,10 @@ async fn against_a_real_control_plane() {
     audit_annotations_recorded(&plane);
     // Last: it stops the webhook.
     webhook_down(&client, &mut webhook).await;
-    eprintln!("scenario 6 (webhook down) passed; e2e took {:.1?}", started.elapsed());
+    eprintln!(
+        "scenario 6 (webhook down) passed; e2e took {:.1?}",
+        started.elapsed()
+    );
 }
 
 /// Scenarios 1 and 4: the chart with NodePort external Services; coordinators on 3.x get the
@@ -283,23 +114,47 @@ async fn nodeport_cluster(client: &Client) {
     let mut expected = Vec::new();
     for id in 1..=3 {
         let name = format!("memgraph-coordinator-{id}");
-        services.create(&PostParams::default(), &external_service(&name, "NodePort", &[7687])).await.unwrap();
-        sets.create(&PostParams::default(), &chart_statefulset(&name, "coordinator", image, &coordinator_args(id, ns)))
+        services
+            .create(
+                &PostParams::default(),
+                &external_service(&name, "NodePort", &[7687]),
+            )
             .await
             .unwrap();
+        sets.create(
+            &PostParams::default(),
+            &chart_statefulset(&name, "coordinator", image, &coordinator_args(id, ns)),
+        )
+        .await
+        .unwrap();
         expected.push((name, coordinator_args(id, ns)));
     }
     for id in 0..=1 {
         let name = format!("memgraph-data-{id}");
-        services.create(&PostParams::default(), &external_service(&name, "NodePort", &[7687])).await.unwrap();
-        sets.create(&PostParams::default(), &chart_statefulset(&name, "data", image, &data_args())).await.unwrap();
+        services
+            .create(
+                &PostParams::default(),
+                &external_service(&name, "NodePort", &[7687]),
+            )
+            .await
+            .unwrap();
+        sets.create(
+            &PostParams::default(),
+            &chart_statefulset(&name, "data", image, &data_args()),
+        )
+        .await
+        .unwrap();
         expected.push((name, data_args()));
     }
     for (name, original_args) in expected {
         let pod = wait_pod(client, ns, &format!("{name}-0")).await;
         let port = node_port(client, ns, &format!("{name}-external")).await;
         let want = format!("203.0.113.10:{port}");
-        assert_eq!(env_value(&pod, ENV).as_deref(), Some(want.as_str()), "{name}");
+        assert_eq!(
+            env_value(&pod, ENV).as_deref(),
+            Some(want.as_str()),
+            "{name}"
+        );
         assert_eq!(annotation(&pod, ADDRESS), Some(want.as_str()), "{name}");
         assert_eq!(
             annotation(&pod, SOURCE),
@@ -318,29 +173,53 @@ async fn pending_loadbalancer(client: &Client) {
     namespace(client, ns).await;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    services.create(&PostParams::default(), &external_service("memgraph-data-0", "LoadBalancer", &[7687])).await.unwrap();
+    services
+        .create(
+            &PostParams::default(),
+            &external_service("memgraph-data-0", "LoadBalancer", &[7687]),
+        )
+        .await
+        .unwrap();
     sets.create(
         &PostParams::default(),
-        &chart_statefulset("memgraph-data-0", "data", "memgraph/memgraph:3.2.1", &data_args()),
+        &chart_statefulset(
+            "memgraph-data-0",
+            "data",
+            "memgraph/memgraph:3.2.1",
+            &data_args(),
+        ),
     )
     .await
     .unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let message = wait_for(Duration::from_secs(60), "a FailedCreate event naming the Service", || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find_map(|e| {
-            let m = e.message.unwrap_or_default();
-            (e.reason.as_deref() == Some("FailedCreate") && m.contains("memgraph-data-0-external")).then_some(m)
-        })
-    })
+    let message = wait_for(
+        Duration::from_secs(60),
+        "a FailedCreate event naming the Service",
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let m = e.message.unwrap_or_default();
+                (e.reason.as_deref() == Some("FailedCreate")
+                    && m.contains("memgraph-data-0-external"))
+                .then_some(m)
+            })
+        },
+    )
     .await;
-    assert!(message.contains("no status.loadBalancer.ingress"), "{message}");
+    assert!(
+        message.contains("no status.loadBalancer.ingress"),
+        "{message}"
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     assert!(pods.get_opt("memgraph-data-0-0").await.unwrap().is_none());
 
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}});
     services
-        .patch_status("memgraph-data-0-external", &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(
+            "memgraph-data-0-external",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
         .await
         .unwrap();
     let pod = wait_pod(client, ns, "memgraph-data-0-0").await;
@@ -358,16 +237,30 @@ async fn memgraph_222(client: &Client) {
     let image = "memgraph/memgraph:2.22.0";
 
     services
-        .create(&PostParams::default(), &external_service("memgraph-coordinator-1", "LoadBalancer", &[7687, 10000, 12000]))
+        .create(
+            &PostParams::default(),
+            &external_service(
+                "memgraph-coordinator-1",
+                "LoadBalancer",
+                &[7687, 10000, 12000],
+            ),
+        )
         .await
         .unwrap();
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.21"}]}}});
     services
-        .patch_status("memgraph-coordinator-1-external", &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(
+            "memgraph-coordinator-1-external",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
         .await
         .unwrap();
     services
-        .create(&PostParams::default(), &external_service("memgraph-coordinator-2", "NodePort", &[7687]))
+        .create(
+            &PostParams::default(),
+            &external_service("memgraph-coordinator-2", "NodePort", &[7687]),
+        )
         .await
         .unwrap();
     // Give the webhook's watch a moment to see the status; a miss would deny and retry anyway.
@@ -375,7 +268,12 @@ async fn memgraph_222(client: &Client) {
         let name = format!("memgraph-coordinator-{id}");
         sets.create(
             &PostParams::default(),
-            &chart_statefulset(&name, "coordinator", image, &chart_222_coordinator_args(id, ns)),
+            &chart_statefulset(
+                &name,
+                "coordinator",
+                image,
+                &chart_222_coordinator_args(id, ns),
+            ),
         )
         .await
         .unwrap();
@@ -404,7 +302,9 @@ async fn memgraph_222(client: &Client) {
     let (status, warnings, created) = create_pod_raw(client, ns, &direct, true).await;
     assert_eq!(status, 201, "{created}");
     assert!(
-        warnings.iter().any(|w| w.contains("--coordinator-hostname") && w.contains("left unchanged")),
+        warnings
+            .iter()
+            .any(|w| w.contains("--coordinator-hostname") && w.contains("left unchanged")),
         "{warnings:?}"
     );
 }
@@ -420,15 +320,27 @@ async fn untouched_pods(client: &Client) {
     let created = pods.create(&PostParams::default(), &nginx).await.unwrap();
     assert!(annotation(&created, ADDRESS).is_none());
 
-    let opted = from::<Pod>(memgraph_pod("opted-out", json!({"memgraph-address-injector/inject": "false"})));
+    let opted = from::<Pod>(memgraph_pod(
+        "opted-out",
+        json!({"memgraph-address-injector/inject": "false"}),
+    ));
     let created = pods.create(&PostParams::default(), &opted).await.unwrap();
     assert!(annotation(&created, ADDRESS).is_none());
     assert!(env_value(&created, ENV).is_none());
 
-    let (status, _, dry) = create_pod_raw(client, ns, &memgraph_pod("dry-run", json!({})), true).await;
+    let (status, _, dry) =
+        create_pod_raw(client, ns, &memgraph_pod("dry-run", json!({})), true).await;
     assert_eq!(status, 201);
-    assert!(dry.pointer("/metadata/annotations").and_then(|a| a.get(ADDRESS)).is_some(), "{dry}");
-    assert!(pods.get_opt("dry-run").await.unwrap().is_none(), "a dryRun create left a pod behind");
+    assert!(
+        dry.pointer("/metadata/annotations")
+            .and_then(|a| a.get(ADDRESS))
+            .is_some(),
+        "{dry}"
+    );
+    assert!(
+        pods.get_opt("dry-run").await.unwrap().is_none(),
+        "a dryRun create left a pod behind"
+    );
 }
 
 /// Scenario 7: every object in manifests/base is accepted by the API server (server-side dry
@@ -436,7 +348,8 @@ async fn untouched_pods(client: &Client) {
 async fn manifests_accepted(client: &Client) {
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base");
     let kustomization: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(base.join("kustomization.yaml")).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(base.join("kustomization.yaml")).unwrap())
+            .unwrap();
     let mut docs = Vec::new();
     for file in kustomization["resources"].as_array().unwrap() {
         let text = std::fs::read_to_string(base.join(file.as_str().unwrap())).unwrap();
@@ -447,30 +360,47 @@ async fn manifests_accepted(client: &Client) {
             }
         }
     }
-    assert!(docs.len() >= 8, "expected every manifest, found {}", docs.len());
-    let discovery = kube::Discovery::new(client.clone()).run().await.expect("discovery");
+    assert!(
+        docs.len() >= 8,
+        "expected every manifest, found {}",
+        docs.len()
+    );
+    let discovery = kube::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
     for doc in docs {
         let obj: kube::api::DynamicObject = from(doc.clone());
         let types = obj.types.clone().expect("apiVersion and kind");
         let gvk = kube::api::GroupVersionKind::try_from(&types).unwrap();
         let (resource, caps) = discovery.resolve_gvk(&gvk).expect("a known kind");
-        let api: Api<kube::api::DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
-            (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
-            _ => Api::all_with(client.clone(), &resource),
-        };
+        let api: Api<kube::api::DynamicObject> =
+            match (caps.scope, obj.metadata.namespace.as_deref()) {
+                (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                    Api::namespaced_with(client.clone(), ns, &resource)
+                }
+                _ => Api::all_with(client.clone(), &resource),
+            };
         let kind = types.kind.clone();
         let name = obj.metadata.name.clone().unwrap_or_default();
         if kind == "Namespace" {
-            api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+            api.create(&PostParams::default(), &obj)
+                .await
+                .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
             continue;
         }
-        let params = PostParams { dry_run: true, ..Default::default() };
+        let params = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
         // The webhook configuration already exists under this name; dry-run it renamed.
         let mut obj = obj;
         if kind == "MutatingWebhookConfiguration" {
             obj.metadata.name = Some(format!("{name}-dry-run"));
         }
-        api.create(&params, &obj).await.unwrap_or_else(|e| panic!("{kind} {name} rejected: {e}"));
+        api.create(&params, &obj)
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name} rejected: {e}"));
     }
 }
 
@@ -486,20 +416,34 @@ fn audit_annotations_recorded(plane: &ControlPlane) {
 /// Scenario 6: with the webhook down, Memgraph pods fail with a clear error (failurePolicy
 /// Fail) while other pods in the same namespace are still created (matchConditions).
 async fn webhook_down(client: &Client, webhook: &mut Webhook) {
-    let status = webhook.process.terminate(Duration::from_secs(15)).expect("webhook stops on SIGTERM");
+    let status = webhook
+        .process
+        .terminate(Duration::from_secs(15))
+        .expect("webhook stops on SIGTERM");
     assert!(status.success(), "{status:?}");
     let ns = "e2e-nodeport";
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let err = pods
-        .create(&PostParams::default(), &from(memgraph_pod("while-down", json!({}))))
+        .create(
+            &PostParams::default(),
+            &from(memgraph_pod("while-down", json!({}))),
+        )
         .await
         .expect_err("a Memgraph pod must not be admitted without the webhook");
     let text = err.to_string();
-    assert!(text.contains("failed calling webhook") && text.contains("bolt-address.memgraph-address-injector.io"), "{text}");
+    assert!(
+        text.contains("failed calling webhook")
+            && text.contains("bolt-address.memgraph-address-injector.io"),
+        "{text}"
+    );
     let other: Pod = from(json!({
         "metadata": {"name": "other-while-down"},
         "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}
     }));
-    pods.create(&PostParams::default(), &other).await.expect("non-Memgraph pods do not depend on the webhook");
-    let _ = pods.delete("other-while-down", &DeleteParams::default()).await;
+    pods.create(&PostParams::default(), &other)
+        .await
+        .expect("non-Memgraph pods do not depend on the webhook");
+    let _ = pods
+        .delete("other-while-down", &DeleteParams::default())
+        .await;
 }

@@ -141,7 +141,8 @@ impl ControlPlane {
 
         let ca_pem = std::fs::read(pki.join("ca.crt")).expect("ca.crt");
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(api_port, &ca_pem, &token)).expect("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_text(api_port, &ca_pem, &token))
+            .expect("kubeconfig");
 
         let ready = readyz(api_port, &ca_pem, &token, Duration::from_secs(120));
         assert!(
@@ -181,7 +182,10 @@ impl ControlPlane {
             started_in: Duration::ZERO,
         };
         if let Ok(Some(status)) = plane.processes[2].child.try_wait() {
-            panic!("kube-controller-manager exited with {status}:\n{}", tail(&kcm_log));
+            panic!(
+                "kube-controller-manager exited with {status}:\n{}",
+                tail(&kcm_log)
+            );
         }
         plane.started_in = started.elapsed();
         plane

@@ -2,6 +2,7 @@
 //! killed when the test ends (also on panic), and an HTTPS client that trusts its CA.
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod control_plane;
 
 use std::net::TcpListener;
@@ -9,10 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_memgraph-address-injector");
+/// The webhook binary: Cargo's path in tests; for the demo example, the debug build that
+/// scripts/demo makes first.
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_memgraph-address-injector") {
+    Some(path) => path,
+    None => concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/debug/memgraph-address-injector"
+    ),
+};
 
 pub fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
 }
 
 pub fn free_port() -> u16 {
@@ -60,13 +71,24 @@ impl Drop for ChildGuard {
 
 pub fn gen_certs(dir: &Path, ips: &[&str]) {
     let mut cmd = Command::new(BIN);
-    cmd.args(["gen-certs", "--service", "memgraph-address-injector", "--namespace", "memgraph-address-injector", "--out"])
-        .arg(dir);
+    cmd.args([
+        "gen-certs",
+        "--service",
+        "memgraph-address-injector",
+        "--namespace",
+        "memgraph-address-injector",
+        "--out",
+    ])
+    .arg(dir);
     for ip in ips {
         cmd.args(["--ip", ip]);
     }
     let out = cmd.output().expect("run gen-certs");
-    assert!(out.status.success(), "gen-certs failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gen-certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Webhook {
@@ -123,7 +145,10 @@ pub fn start_webhook(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhoo
         .spawn()
         .expect("spawn serve");
     let webhook = Webhook {
-        process: ChildGuard { child, name: "webhook".into() },
+        process: ChildGuard {
+            child,
+            name: "webhook".into(),
+        },
         port,
         health_port,
         certs,
@@ -182,7 +207,11 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
