@@ -26,7 +26,12 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log filter (tracing EnvFilter syntax), e.g. info or memgraph_address_injector=debug.
-    #[arg(long, env = "MAI_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "MAI_LOG",
+        default_value = "info,rustls=error",
+        global = true
+    )]
     pub log: String,
 }
 
@@ -38,6 +43,8 @@ pub enum Command {
     Review(ReviewArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     GenCerts(GenCertsArgs),
+    /// Check the routing table clients get, and sync registrations to external addresses.
+    Routing(crate::routing::RoutingArgs),
 }
 
 /// The decision's settings, shared by `serve` and `review`.
@@ -189,6 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Review(args) => review_cmd(args),
         Command::GenCerts(args) => gen_certs(args),
+        Command::Routing(args) => crate::routing::run(args).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The cluster view behind the decision, fed either from a state file (`review`,
 //! `serve --cluster-state`) or from watches against the API server (`serve`).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use kube::api::ListParams;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::decision::view::{ClusterState, NodeView, ServiceView};
 
@@ -64,62 +66,111 @@ pub fn parse_documents(text: &str, path: &str) -> Result<Vec<serde_json::Value>,
 }
 
 /// Builds a cluster view from `kubectl get svc,nodes -A -o yaml` output or documents of
-/// Services and Nodes. Other kinds are skipped.
+/// Services and Nodes. Other kinds are skipped. JSON is read without building a tree of the
+/// whole file: each object is decoded from its raw slice into its typed form and reduced to
+/// the decision's view at once, so 10,000 Services load in bounded memory.
 pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateError> {
-    let mut objects = Vec::new();
-    for (index, doc) in parse_documents(text, path)?.into_iter().enumerate() {
-        match doc {
-            serde_json::Value::Array(items) => objects.extend(items),
-            doc if doc.get("items").is_some_and(|i| i.is_array()) => {
-                if let Some(serde_json::Value::Array(items)) = doc.get("items").cloned() {
-                    objects.extend(items);
-                }
-            }
-            doc if doc.get("kind").is_none() => {
-                return Err(StateError::NoKind {
-                    path: path.to_string(),
-                    index: index + 1,
-                })
-            }
-            doc => objects.push(doc),
-        }
-    }
     let mut state = ClusterState::default();
-    for object in objects {
-        let kind = object
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(|n| n.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let bad = |message: String| StateError::BadObject {
-            path: path.to_string(),
-            kind: kind.clone(),
-            name: name.clone(),
-            message,
-        };
-        match kind.as_str() {
-            "Service" => {
-                let svc: Service =
-                    serde_json::from_value(object).map_err(|e| bad(e.to_string()))?;
-                let view = ServiceView::from_service(&svc)
-                    .ok_or_else(|| bad("it has no metadata.name".into()))?;
-                state.upsert_service(view);
-            }
-            "Node" => {
-                let node: Node = serde_json::from_value(object).map_err(|e| bad(e.to_string()))?;
-                let view = NodeView::from_node(&node)
-                    .ok_or_else(|| bad("it has no metadata.name".into()))?;
-                state.upsert_node(view);
-            }
-            _ => {}
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let stream = serde_json::Deserializer::from_str(trimmed).into_iter::<&RawValue>();
+        for (index, doc) in stream.enumerate() {
+            let doc = doc.map_err(|e| StateError::Syntax {
+                path: path.to_string(),
+                index: index + 1,
+                message: e.to_string(),
+            })?;
+            add_document(&mut state, doc.get(), index + 1, path)?;
+        }
+    } else {
+        for (index, doc) in parse_documents(text, path)?.into_iter().enumerate() {
+            add_document(&mut state, &doc.to_string(), index + 1, path)?;
         }
     }
     Ok(state)
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    metadata: Option<HeadMeta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HeadMeta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+fn add_document(
+    state: &mut ClusterState,
+    raw: &str,
+    index: usize,
+    path: &str,
+) -> Result<(), StateError> {
+    let syntax = |e: serde_json::Error| StateError::Syntax {
+        path: path.to_string(),
+        index,
+        message: e.to_string(),
+    };
+    if raw.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(syntax)?;
+        return items
+            .iter()
+            .try_for_each(|item| add_object(state, item.get(), path));
+    }
+    let head: Head<'_> = serde_json::from_str(raw).map_err(syntax)?;
+    match (head.items, head.kind) {
+        (Some(items), _) => items
+            .iter()
+            .try_for_each(|item| add_object(state, item.get(), path)),
+        (None, None) => Err(StateError::NoKind {
+            path: path.to_string(),
+            index,
+        }),
+        (None, Some(_)) => add_object(state, raw, path),
+    }
+}
+
+fn add_object(state: &mut ClusterState, raw: &str, path: &str) -> Result<(), StateError> {
+    let head: Head<'_> = serde_json::from_str(raw).map_err(|e| StateError::BadObject {
+        path: path.to_string(),
+        kind: "object".into(),
+        name: String::new(),
+        message: e.to_string(),
+    })?;
+    let kind = head.kind.as_deref().unwrap_or_default();
+    let name = head
+        .metadata
+        .as_ref()
+        .and_then(|m| m.name.as_deref())
+        .unwrap_or_default();
+    let bad = |message: String| StateError::BadObject {
+        path: path.to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+        message,
+    };
+    match kind {
+        "Service" => {
+            let svc: Service = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+            let view = ServiceView::from_service(&svc)
+                .ok_or_else(|| bad("it has no metadata.name".into()))?;
+            state.upsert_service(view);
+        }
+        "Node" => {
+            let node: Node = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+            let view =
+                NodeView::from_node(&node).ok_or_else(|| bad("it has no metadata.name".into()))?;
+            state.upsert_node(view);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 pub fn load_state_file(path: &str) -> Result<ClusterState, StateError> {

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod cluster;
 pub mod decision;
 pub mod metrics;
+pub mod routing;
 pub mod server;

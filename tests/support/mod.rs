@@ -138,7 +138,7 @@ pub fn start_webhook(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhoo
         .arg(certs.join("tls.key"))
         .args(extra)
         .envs(env.iter().copied())
-        .env("MAI_LOG", "info")
+        .env("MAI_LOG", "info,rustls=error")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("log"))
         .stderr(log_file)
