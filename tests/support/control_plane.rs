@@ -83,6 +83,8 @@ impl ControlPlane {
                 format!("--initial-advertise-peer-urls={peer_url}"),
                 format!("--initial-cluster=default={peer_url}"),
                 "--log-level=warn".into(),
+                // Throwaway data: skip fsync, the slowest part of etcd on a shared disk.
+                "--unsafe-no-fsync".into(),
                 "--quota-backend-bytes=2147483648".into(),
             ],
             &etcd_log,
@@ -133,6 +135,8 @@ impl ControlPlane {
                 format!("--audit-policy-file={}", audit_policy.display()),
                 format!("--audit-log-path={}", dir.join("audit.log").display()),
                 "--enable-priority-and-fairness=false".into(),
+                // A loopback advertise address cannot back the `kubernetes` Endpoints.
+                "--endpoint-reconciler-type=none".into(),
                 "--v=1".into(),
             ],
             &api_log,
