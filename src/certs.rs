@@ -3,13 +3,11 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +28,8 @@ pub enum CertError {
     NoCertificate(PathBuf),
     #[error("{0} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey(PathBuf),
+    #[error("the client CA file {0} is not usable: {1}")]
+    ClientCa(PathBuf, String),
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error(
@@ -126,41 +126,4 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
     };
     std::fs::write(path, bytes).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|cause| CertError::Read {
-        path: path.to_path_buf(),
-        cause,
-    })
-}
-
-/// A TLS 1.2+ server configuration with HTTP/2 and HTTP/1.1 offered (the API server speaks
-/// either to webhooks).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, CertError> {
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(CertError::NoCertificate(cert.to_path_buf()));
-    }
-    let private_key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| CertError::NoKey(key.to_path_buf()))?;
-    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
-        &rustls::version::TLS13,
-        &rustls::version::TLS12,
-    ])
-    .with_no_client_auth()
-    .with_single_cert(chain, private_key)
-    .map_err(|cause| CertError::Tls {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        cause,
-    })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }

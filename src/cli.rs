@@ -4,7 +4,6 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -141,10 +140,24 @@ pub struct ServeArgs {
     /// Serve from a static state file (Services and Nodes) instead of watching the API server.
     #[arg(long, env = "MAI_CLUSTER_STATE")]
     pub cluster_state: Option<PathBuf>,
-    /// Budget for a live Service list on a cache miss, in milliseconds; keep it below the
-    /// webhook's timeoutSeconds.
-    #[arg(long, env = "MAI_LIVE_LIST_TIMEOUT_MS", default_value_t = 2000)]
-    pub live_list_timeout_ms: u64,
+    /// Time budget of one admission request in milliseconds, a live Service list on a cache
+    /// miss included; keep it below the webhook's timeoutSeconds (5 s in the manifests).
+    #[arg(long, env = "MAI_REQUEST_BUDGET_MS", default_value_t = 3000)]
+    pub request_budget_ms: u64,
+    /// Admission requests decided at once; more get a 503 at once instead of waiting.
+    #[arg(long, env = "MAI_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Require client certificates signed by this CA (API servers configured with an
+    /// AdmissionConfiguration that presents one).
+    #[arg(long, env = "MAI_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// How often the certificate files are compared with the served certificate, in seconds
+    /// (a file watch reacts sooner).
+    #[arg(long, env = "MAI_CERT_POLL_SECONDS", default_value_t = 5)]
+    pub cert_poll_seconds: u64,
+    /// Time a client has to send its request headers, in seconds.
+    #[arg(long, env = "MAI_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_read_timeout_seconds: u64,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "MAI_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
@@ -219,20 +232,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             SharedCluster::watched(client)
         }
     };
-    let app = AppState {
+    if args.max_in_flight == 0 {
+        bail!("--max-in-flight must be at least 1");
+    }
+    let app = AppState::new(
         cluster,
-        config: Arc::new(config),
-        metrics: Arc::default(),
-        live_list_budget: Duration::from_millis(args.live_list_timeout_ms),
-    };
+        config,
+        Duration::from_millis(args.request_budget_ms),
+        args.max_in_flight,
+    );
     server::serve(
         ServeOptions {
             listen: args.listen,
             health_listen: args.health_listen,
-            cert: args.tls_cert,
-            key: args.tls_key,
-            live_list_budget: app.live_list_budget,
+            tls: crate::tls::TlsFiles {
+                cert: args.tls_cert,
+                key: args.tls_key,
+                client_ca: args.client_ca,
+            },
+            cert_poll: Duration::from_secs(args.cert_poll_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
         },
         app,
     )

@@ -8,3 +8,4 @@ pub mod decision;
 pub mod metrics;
 pub mod routing;
 pub mod server;
+pub mod tls;

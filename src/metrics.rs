@@ -18,6 +18,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     bad_requests: Mutex<BTreeMap<&'static str, u64>>,
     live_lists: AtomicU64,
+    panics: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
@@ -52,11 +53,21 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    pub fn record_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_live_list(&self) {
         self.live_lists.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, services: usize, nodes: usize, ready: bool) -> String {
+    pub fn render(
+        &self,
+        services: usize,
+        nodes: usize,
+        ready: bool,
+        serving: Option<&crate::tls::ServingCert>,
+    ) -> String {
         let mut out = String::new();
         out.push_str("# HELP memgraph_address_injector_admission_requests_total Admission reviews answered, by decision result and Memgraph role.\n");
         out.push_str("# TYPE memgraph_address_injector_admission_requests_total counter\n");
@@ -126,6 +137,34 @@ impl Metrics {
             out,
             "memgraph_address_injector_cached_objects{{kind=\"Node\"}} {nodes}"
         );
+        out.push_str("# HELP memgraph_address_injector_handler_panics_total Requests answered 500 because deciding them panicked.\n");
+        out.push_str("# TYPE memgraph_address_injector_handler_panics_total counter\n");
+        let _ = writeln!(
+            out,
+            "memgraph_address_injector_handler_panics_total {}",
+            self.panics.load(Ordering::Relaxed)
+        );
+        if let Some(serving) = serving {
+            out.push_str("# HELP memgraph_address_injector_serving_certificate_expiry_timestamp_seconds Expiry of the served TLS certificate, Unix time.\n");
+            out.push_str("# TYPE memgraph_address_injector_serving_certificate_expiry_timestamp_seconds gauge\n");
+            let _ = writeln!(
+                out,
+                "memgraph_address_injector_serving_certificate_expiry_timestamp_seconds {}",
+                serving.not_after()
+            );
+            out.push_str("# HELP memgraph_address_injector_certificate_reloads_total Serving certificate reloads, by result.\n");
+            out.push_str("# TYPE memgraph_address_injector_certificate_reloads_total counter\n");
+            let _ = writeln!(
+                out,
+                "memgraph_address_injector_certificate_reloads_total{{result=\"ok\"}} {}",
+                serving.reloads()
+            );
+            let _ = writeln!(
+                out,
+                "memgraph_address_injector_certificate_reloads_total{{result=\"error\"}} {}",
+                serving.reload_errors()
+            );
+        }
         out.push_str("# HELP memgraph_address_injector_ready Whether the cluster view has been listed once.\n");
         out.push_str("# TYPE memgraph_address_injector_ready gauge\n");
         let _ = writeln!(out, "memgraph_address_injector_ready {}", u8::from(ready));

@@ -3,7 +3,6 @@
 //! view, and writes the answer.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,12 +37,11 @@ pub enum ServeError {
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub health_listen: SocketAddr,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Time allowed for a live Service list on a cache miss; keep it below the webhook's
-    /// timeoutSeconds.
-    pub live_list_budget: Duration,
+    pub tls: crate::tls::TlsFiles,
+    /// How often the certificate files are compared with what is served.
+    pub cert_poll: Duration,
     pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -51,7 +49,28 @@ pub struct AppState {
     pub cluster: SharedCluster,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    pub live_list_budget: Duration,
+    /// Time allowed for one admission request, live Service list included; below the
+    /// webhook's timeoutSeconds so that the API server gets an answer, not a timeout.
+    pub request_budget: Duration,
+    /// Admission requests decided at once; past it, a clear 503 instead of a queue.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub max_in_flight: usize,
+    /// Set once `serve` has loaded the certificate.
+    pub serving: Option<Arc<crate::tls::ServingCert>>,
+}
+
+impl AppState {
+    pub fn new(cluster: SharedCluster, config: Config, request_budget: Duration, max_in_flight: usize) -> Self {
+        Self {
+            cluster,
+            config: Arc::new(config),
+            metrics: Arc::default(),
+            request_budget,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            max_in_flight,
+            serving: None,
+        }
+    }
 }
 
 fn plain(status: StatusCode, message: String) -> Response {
@@ -65,6 +84,13 @@ fn plain(status: StatusCode, message: String) -> Response {
 
 async fn mutate(State(app): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
+    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
+        app.metrics.record_bad_request("overloaded");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("over capacity: {} admission requests are already being decided; retry", app.max_in_flight),
+        );
+    };
     if !is_json(request.headers()) {
         app.metrics.record_bad_request("content_type");
         return plain(
@@ -102,16 +128,22 @@ async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response 
             return plain(StatusCode::BAD_REQUEST, err.to_string());
         }
     };
-    let mut decision = decision::decide(&request, &app.cluster.read(), &app.config);
+    let Some(mut decision) = decide_guarded(app, &request) else {
+        return panicked(app);
+    };
     if decision.outcome.may_be_cache_miss() && app.cluster.is_live() {
         let namespace = request.namespace.as_deref().unwrap_or("default");
         app.metrics.record_live_list();
-        if app
-            .cluster
-            .refresh_namespace(namespace, app.live_list_budget)
-            .await
-        {
-            decision = decision::decide(&request, &app.cluster.read(), &app.config);
+        // What is left of the request's budget, keeping a margin to answer in.
+        let budget = app
+            .request_budget
+            .saturating_sub(started.elapsed())
+            .saturating_sub(Duration::from_millis(100));
+        if app.cluster.refresh_namespace(namespace, budget).await {
+            let Some(again) = decide_guarded(app, &request) else {
+                return panicked(app);
+            };
+            decision = again;
         }
     }
     let role = decision.role.map(|r| r.as_str()).unwrap_or("none");
@@ -138,6 +170,23 @@ async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response 
         .into_response()
 }
 
+/// The decision with a panic caught: a bug of ours answers 500 and is counted, it never
+/// takes a connection (or the process) down.
+fn decide_guarded(app: &AppState, request: &review::AdmissionRequest<'_>) -> Option<decision::Decision> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decision::decide(request, &app.cluster.read(), &app.config)
+    }))
+    .ok()
+}
+
+fn panicked(app: &AppState) -> Response {
+    app.metrics.record_panic();
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error while deciding this request (a bug: please report it with the webhook's log)".into(),
+    )
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -151,14 +200,16 @@ async fn livez() -> &'static str {
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
-    if app.cluster.is_ready() {
-        plain(StatusCode::OK, "ok".into())
-    } else {
-        plain(
+    if !app.cluster.is_ready() {
+        return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: Services and Nodes have not been listed yet".into(),
-        )
+        );
     }
+    if let Some(problem) = app.serving.as_ref().and_then(|s| s.problem(crate::tls::now_unix())) {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}"));
+    }
+    plain(StatusCode::OK, "ok".into())
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
@@ -168,7 +219,8 @@ async fn metrics(State(app): State<AppState>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(services, nodes, app.cluster.is_ready()),
+        app.metrics
+            .render(services, nodes, app.cluster.is_ready(), app.serving.as_deref()),
     )
         .into_response()
 }
@@ -191,9 +243,11 @@ pub fn health_router(app: AppState) -> Router {
 
 /// Runs both listeners until SIGTERM or Ctrl-C, then stops accepting and lets in-flight
 /// requests finish.
-pub async fn serve(options: ServeOptions, app: AppState) -> Result<(), ServeError> {
-    let tls = crate::certs::server_config(&options.cert, &options.key)?;
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+pub async fn serve(options: ServeOptions, mut app: AppState) -> Result<(), ServeError> {
+    let reloader = crate::tls::Reloader::new(options.tls.clone())?;
+    let tls = reloader.rustls.clone();
+    app.serving = Some(reloader.serving.clone());
+    reloader.spawn(options.cert_poll);
 
     let health_listener = tokio::net::TcpListener::bind(options.health_listen)
         .await
@@ -232,10 +286,16 @@ pub async fn serve(options: ServeOptions, app: AppState) -> Result<(), ServeErro
         )
     };
     tracing::info!(webhook = %options.listen, health = %options.health_listen, "serving");
-    let webhook = axum_server::from_tcp_rustls(webhook_listener, tls)
+    let mut webhook = axum_server::from_tcp_rustls(webhook_listener, tls)
         .map_err(ServeError::Serve)?
-        .handle(handle)
-        .serve(webhook_router(app).into_make_service());
+        .handle(handle);
+    // A client that never finishes its headers is dropped instead of holding a connection.
+    webhook
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let webhook = webhook.serve(webhook_router(app).into_make_service());
     let (webhook, health) = tokio::join!(webhook, health);
     webhook.map_err(ServeError::Serve)?;
     health.map_err(ServeError::Serve)?;

@@ -1,0 +1,238 @@
+//! The serving certificate, kept in step with its files without a restart: a file watch for
+//! prompt pickup (in-place replacement and the kubelet's `..data` symlink swap of Secret
+//! volumes) plus a periodic poll that compares bytes, in case an event is missed. A reload
+//! that fails is logged and retried; the last good certificate keeps serving meanwhile.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum_server::tls_rustls::RustlsConfig;
+use notify::Watcher;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::certs::CertError;
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What readiness and metrics need to know about the certificate being served.
+#[derive(Debug, Default)]
+pub struct ServingCert {
+    not_after: AtomicI64,
+    matches_files: AtomicBool,
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+}
+
+impl ServingCert {
+    /// Expiry of the served certificate, Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    pub fn reload_errors(&self) -> u64 {
+        self.reload_errors.load(Ordering::Relaxed)
+    }
+
+    /// Why the server should not be ready, if it should not.
+    pub fn problem(&self, now_unix: i64) -> Option<String> {
+        if now_unix >= self.not_after() {
+            return Some("the served TLS certificate has expired".into());
+        }
+        if !self.matches_files.load(Ordering::Relaxed) {
+            return Some(
+                "the served TLS certificate does not match the certificate files (a reload failed; see the log)"
+                    .into(),
+            );
+        }
+        None
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+struct Loaded {
+    config: Arc<rustls::ServerConfig>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    not_after: i64,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    std::fs::read(path).map_err(|cause| CertError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
+    let cert_pem = read(&files.cert)?;
+    let key_pem = read(&files.key)?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CertError::NoCertificate(files.cert.clone()))?;
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .map_err(|_| CertError::NoCertificate(files.cert.clone()))?;
+    let private_key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| CertError::NoKey(files.key.clone()))?;
+    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ]);
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut read(ca)?.as_slice()).filter_map(Result::ok) {
+                roots
+                    .add(cert)
+                    .map_err(|cause| CertError::ClientCa(ca.clone(), cause.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|cause| CertError::ClientCa(ca.clone(), cause.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, private_key)
+        .map_err(|cause| CertError::Tls {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            cause,
+        })?;
+    // The API server speaks HTTP/2 or HTTP/1.1 to webhooks.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Loaded {
+        config: Arc::new(config),
+        cert_pem,
+        key_pem,
+        not_after,
+    })
+}
+
+/// Loads the certificate once (an error here stops startup) and keeps it current.
+pub struct Reloader {
+    files: TlsFiles,
+    pub rustls: RustlsConfig,
+    pub serving: Arc<ServingCert>,
+    current: (Vec<u8>, Vec<u8>),
+}
+
+impl Reloader {
+    pub fn new(files: TlsFiles) -> Result<Self, CertError> {
+        let loaded = load(&files)?;
+        let serving = Arc::new(ServingCert::default());
+        serving.not_after.store(loaded.not_after, Ordering::Relaxed);
+        serving.matches_files.store(true, Ordering::Relaxed);
+        Ok(Self {
+            files,
+            rustls: RustlsConfig::from_config(loaded.config),
+            serving,
+            current: (loaded.cert_pem, loaded.key_pem),
+        })
+    }
+
+    /// Reloads when the files' bytes differ from what is served.
+    fn check(&mut self) {
+        let (cert, key) = match (read(&self.files.cert), read(&self.files.key)) {
+            (Ok(cert), Ok(key)) => (cert, key),
+            (Err(err), _) | (_, Err(err)) => {
+                self.failed(&err);
+                return;
+            }
+        };
+        if (&cert, &key) == (&self.current.0, &self.current.1) {
+            self.serving.matches_files.store(true, Ordering::Relaxed);
+            return;
+        }
+        match load(&self.files) {
+            Ok(loaded) => {
+                self.rustls.reload_from_config(loaded.config);
+                self.serving
+                    .not_after
+                    .store(loaded.not_after, Ordering::Relaxed);
+                self.serving.matches_files.store(true, Ordering::Relaxed);
+                self.serving.reloads.fetch_add(1, Ordering::Relaxed);
+                self.current = (loaded.cert_pem, loaded.key_pem);
+                tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "reloaded the serving certificate");
+            }
+            // A half-written pair (certificate replaced, key not yet) lands here; the next
+            // event or poll picks up the finished pair.
+            Err(err) => self.failed(&err),
+        }
+    }
+
+    fn failed(&self, err: &CertError) {
+        self.serving.matches_files.store(false, Ordering::Relaxed);
+        self.serving.reload_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %err, "cannot reload the serving certificate; still serving the previous one, will retry");
+    }
+
+    /// Watches the files' directories and polls every `poll`; runs until the process ends.
+    pub fn spawn(mut self, poll: Duration) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the certificate files; polling only");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            let mut dirs: Vec<PathBuf> = [&self.files.cert, &self.files.key]
+                .iter()
+                .filter_map(|p| p.parent().map(Path::to_path_buf))
+                .collect();
+            dirs.dedup();
+            for dir in dirs {
+                if let Err(err) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot watch; polling only");
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let _keep_watching = watcher;
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(()) = rx.recv() => {
+                        // Let a writer finish the pair, then drain the burst of events.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+                self.check();
+            }
+        });
+    }
+}
