@@ -60,7 +60,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(cluster: SharedCluster, config: Config, request_budget: Duration, max_in_flight: usize) -> Self {
+    pub fn new(
+        cluster: SharedCluster,
+        config: Config,
+        request_budget: Duration,
+        max_in_flight: usize,
+    ) -> Self {
         Self {
             cluster,
             config: Arc::new(config),
@@ -88,7 +93,10 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
         app.metrics.record_bad_request("overloaded");
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("over capacity: {} admission requests are already being decided; retry", app.max_in_flight),
+            format!(
+                "over capacity: {} admission requests are already being decided; retry",
+                app.max_in_flight
+            ),
         );
     };
     if !is_json(request.headers()) {
@@ -172,7 +180,10 @@ async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response 
 
 /// The decision with a panic caught: a bug of ours answers 500 and is counted, it never
 /// takes a connection (or the process) down.
-fn decide_guarded(app: &AppState, request: &review::AdmissionRequest<'_>) -> Option<decision::Decision> {
+fn decide_guarded(
+    app: &AppState,
+    request: &review::AdmissionRequest<'_>,
+) -> Option<decision::Decision> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         decision::decide(request, &app.cluster.read(), &app.config)
     }))
@@ -206,8 +217,15 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "not ready: Services and Nodes have not been listed yet".into(),
         );
     }
-    if let Some(problem) = app.serving.as_ref().and_then(|s| s.problem(crate::tls::now_unix())) {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}"));
+    if let Some(problem) = app
+        .serving
+        .as_ref()
+        .and_then(|s| s.problem(crate::tls::now_unix()))
+    {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {problem}"),
+        );
     }
     plain(StatusCode::OK, "ok".into())
 }
@@ -219,8 +237,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics
-            .render(services, nodes, app.cluster.is_ready(), app.serving.as_deref()),
+        app.metrics.render(
+            services,
+            nodes,
+            app.cluster.is_ready(),
+            app.serving.as_deref(),
+        ),
     )
         .into_response()
 }

@@ -16,10 +16,45 @@ pub type Str<'a> = Cow<'a, str>;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Pod<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub metadata: Option<ObjectMeta<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub spec: Option<PodSpec<'a>>,
+}
+
+/// serde's derived structs also accept a JSON array (fields by position); the patch paths
+/// we emit need real objects where we write, so those places must be objects.
+fn object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::Error;
+    let raw: Option<&'de serde_json::value::RawValue> = Deserialize::deserialize(deserializer)?;
+    match raw.map(|r| r.get()) {
+        None | Some("null") => Ok(None),
+        Some(text) if text.starts_with('{') => serde_json::from_str(text).map(Some).map_err(D::Error::custom),
+        Some(_) => Err(D::Error::custom("expected a JSON object")),
+    }
+}
+
+fn objects<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::Error;
+    let raw: Option<Vec<&'de serde_json::value::RawValue>> = Deserialize::deserialize(deserializer)?;
+    raw.map(|items| {
+        items
+            .into_iter()
+            .map(|item| match item.get() {
+                text if text.starts_with('{') => serde_json::from_str(text).map_err(D::Error::custom),
+                _ => Err(D::Error::custom("expected a JSON object")),
+            })
+            .collect()
+    })
+    .transpose()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,7 +84,7 @@ pub struct OwnerReference<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct PodSpec<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "objects")]
     pub containers: Option<Vec<Container<'a>>>,
 }
 

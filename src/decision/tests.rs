@@ -674,3 +674,19 @@ fn service_types_parse() {
         "LoadBalancer"
     );
 }
+
+#[test]
+fn structs_given_as_arrays_are_unreadable_not_patched() {
+    // Found by tests/fuzz.rs: serde accepts a struct as an array of its fields, which made a
+    // patch path (/spec/containers/0/env) point into an array.
+    for pod in [
+        json!({"spec": {"containers": [["memgraph-data", "memgraph/memgraph:3.2.1"]]}}),
+        json!({"spec": [[{"name": "memgraph-data", "image": "memgraph/memgraph:3.2.1"}]]}),
+        json!({"metadata": [null, null, null, {"app": "memgraph-data-0"}], "spec": {"containers": [{"name": "memgraph-data"}]}}),
+    ] {
+        let body = review(pod, "CREATE", None);
+        let decision = decide(&review::parse(body.as_bytes()).unwrap(), &state("nodeport.yaml"), &Config::default());
+        assert_eq!(decision.outcome, Outcome::Unreadable);
+        assert!(decision.patch.is_empty());
+    }
+}

@@ -56,7 +56,9 @@ pub enum BoltError {
     TlsServer { address: String },
     #[error("{address} is not a Bolt server (handshake reply {reply:02X?})")]
     NotBolt { address: String, reply: Vec<u8> },
-    #[error("{address} speaks none of the Bolt versions 5.0-5.2, 4.4 and 4.3 that this client offers")]
+    #[error(
+        "{address} speaks none of the Bolt versions 5.0-5.2, 4.4 and 4.3 that this client offers"
+    )]
     NoCommonVersion { address: String },
     #[error("{address} refused the credentials: {message} (check --user and --password-file)")]
     Auth { address: String, message: String },
@@ -118,7 +120,9 @@ impl BoltAddress {
             match scheme {
                 "bolt" | "neo4j" | "bolt+routing" => rest = after,
                 "bolt+s" | "bolt+ssc" | "neo4j+s" | "neo4j+ssc" => {
-                    return Err(bad("TLS schemes are not supported by this client; use the plain Bolt address"))
+                    return Err(bad(
+                        "TLS schemes are not supported by this client; use the plain Bolt address",
+                    ))
                 }
                 _ => return Err(bad("the scheme must be bolt:// or neo4j://")),
             }
@@ -143,7 +147,10 @@ impl BoltAddress {
         if host.is_empty() {
             return Err(bad("the host is empty"));
         }
-        if host.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"' || c == '\\') {
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '"' || c == '\\')
+        {
             return Err(bad("the host contains whitespace or quotes"));
         }
         let port = match port {
@@ -307,7 +314,12 @@ impl Connection {
                         address: self.address.clone(),
                     })
                 }
-                Ok(0) => return Err(self.io(std::io::ErrorKind::UnexpectedEof.into(), "during the Bolt handshake; a TLS-only server or not a Bolt port?")),
+                Ok(0) => {
+                    return Err(self.io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                        "during the Bolt handshake; a TLS-only server or not a Bolt port?",
+                    ))
+                }
                 Ok(n) => got += n,
                 Err(e) => return Err(self.io(e, "during the Bolt handshake")),
             }
@@ -497,7 +509,11 @@ impl Connection {
                         message,
                     });
                 }
-                other => return Err(self.protocol(format!("unexpected message 0x{other:02X} in a result"))),
+                other => {
+                    return Err(
+                        self.protocol(format!("unexpected message 0x{other:02X} in a result"))
+                    )
+                }
             }
         }
         Ok(QueryResult { fields, records })
@@ -560,7 +576,10 @@ impl Connection {
         }
         match packstream::decode(&body) {
             Ok(Value::Struct { tag, fields }) => Ok((tag, fields)),
-            Ok(other) => Err(self.protocol(format!("a message that is not a structure: {}", other.display()))),
+            Ok(other) => Err(self.protocol(format!(
+                "a message that is not a structure: {}",
+                other.display()
+            ))),
             Err(source) => Err(BoltError::PackStream {
                 address: self.address.clone(),
                 source,
@@ -610,8 +629,14 @@ mod tests {
     fn addresses_parse_in_every_form_clients_write() {
         let a = |s: &str| BoltAddress::parse(s).map(|a| a.to_string());
         assert_eq!(a("10.0.0.1:30001").unwrap(), "10.0.0.1:30001");
-        assert_eq!(a("memgraph.example.com").unwrap(), "memgraph.example.com:7687");
-        assert_eq!(a("neo4j://db.example.com:7688").unwrap(), "db.example.com:7688");
+        assert_eq!(
+            a("memgraph.example.com").unwrap(),
+            "memgraph.example.com:7687"
+        );
+        assert_eq!(
+            a("neo4j://db.example.com:7688").unwrap(),
+            "db.example.com:7688"
+        );
         assert_eq!(a("bolt://db.example.com/").unwrap(), "db.example.com:7687");
         assert_eq!(a("[2001:db8::1]:7687").unwrap(), "[2001:db8::1]:7687");
         assert_eq!(a("[2001:db8::1]").unwrap(), "[2001:db8::1]:7687");
@@ -634,7 +659,10 @@ mod tests {
     #[test]
     fn failures_read_code_and_message() {
         let meta = Value::map([
-            ("code", Value::str("Memgraph.ClientError.Security.Unauthenticated")),
+            (
+                "code",
+                Value::str("Memgraph.ClientError.Security.Unauthenticated"),
+            ),
             ("message", Value::str("Authentication failure")),
         ]);
         assert_eq!(

@@ -130,10 +130,7 @@ pub enum RoutingError {
     #[error("--password-file needs --user")]
     PasswordWithoutUser,
     #[error("{address} returned an unusable routing table: {source}")]
-    Table {
-        address: String,
-        source: TableError,
-    },
+    Table { address: String, source: TableError },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -191,7 +188,12 @@ fn credentials(args: &ConnectArgs) -> Result<Option<Credentials>, RoutingError> 
 async fn connect(args: &ConnectArgs) -> Result<Connection, RoutingError> {
     let address = BoltAddress::parse(&args.bolt)?;
     let creds = credentials(args)?;
-    Ok(Connection::connect(&address, creds.as_ref(), Duration::from_millis(args.timeout_ms)).await?)
+    Ok(Connection::connect(
+        &address,
+        creds.as_ref(),
+        Duration::from_millis(args.timeout_ms),
+    )
+    .await?)
 }
 
 /// Services, Nodes and Pods from documents (a List, or one object per document).
@@ -204,7 +206,9 @@ pub fn cluster_from_text(
     for doc in crate::cluster::parse_documents(text, path)? {
         match doc {
             serde_json::Value::Array(items) => objects.extend(items),
-            serde_json::Value::Object(mut map) if map.get("items").is_some_and(|i| i.is_array()) => {
+            serde_json::Value::Object(mut map)
+                if map.get("items").is_some_and(|i| i.is_array()) =>
+            {
                 if let Some(serde_json::Value::Array(items)) = map.remove("items") {
                     objects.extend(items);
                 }
@@ -215,7 +219,10 @@ pub fn cluster_from_text(
     let (mut services, mut nodes, mut pods) = (Vec::new(), Vec::new(), Vec::new());
     for object in objects {
         let kind = object["kind"].as_str().unwrap_or_default().to_string();
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let bad = |e: serde_json::Error| RoutingError::BadObject {
             path: path.to_string(),
             kind: kind.clone(),
@@ -249,21 +256,26 @@ fn node_types(args: &ClusterArgs) -> Vec<String> {
 async fn load_cluster(args: &ClusterArgs) -> Result<Option<RoutingCluster>, RoutingError> {
     if let Some(path) = &args.cluster {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|cause| crate::cluster::StateError::Read {
-            path: name.clone(),
-            cause,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|cause| crate::cluster::StateError::Read {
+                path: name.clone(),
+                cause,
+            })?;
         return cluster_from_text(&text, &name, args).map(Some);
     }
     if !args.in_cluster {
         return Ok(None);
     }
     use kube::api::{Api, ListParams};
-    let kube_err = |what| move |e: kube::Error| RoutingError::Kube {
-        what,
-        message: e.to_string(),
+    let kube_err = |what| {
+        move |e: kube::Error| RoutingError::Kube {
+            what,
+            message: e.to_string(),
+        }
     };
-    let client = kube::Client::try_default().await.map_err(kube_err("anything (no in-cluster config or KUBECONFIG)"))?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(kube_err("anything (no in-cluster config or KUBECONFIG)"))?;
     let lp = ListParams::default();
     let services = Api::<Service>::namespaced(client.clone(), &args.namespace)
         .list(&lp)
@@ -360,7 +372,9 @@ async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
         table.ttl,
         table.db.as_deref().unwrap_or("(default)")
     );
-    let mut lines = vec![["ROLE", "ADDRESS", "FROM OUTSIDE", "EXTERNAL ADDRESS"].map(String::from).to_vec()];
+    let mut lines = vec![["ROLE", "ADDRESS", "FROM OUTSIDE", "EXTERNAL ADDRESS"]
+        .map(String::from)
+        .to_vec()];
     for row in &rows {
         let (usable, external) = match (&row.verdict, &row.external) {
             (Verdict::Usable, _) => ("usable".to_string(), String::new()),
@@ -373,7 +387,12 @@ async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
                 },
             ),
         };
-        lines.push(vec![row.role.to_string(), row.address.clone(), usable, external]);
+        lines.push(vec![
+            row.role.to_string(),
+            row.address.clone(),
+            usable,
+            external,
+        ]);
     }
     print_columns(&lines);
     let bad: Vec<String> = rows
@@ -398,20 +417,31 @@ async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
 /// Which in-cluster name an instance was registered under: its management endpoint (always
 /// in-cluster), then its Raft endpoint, then its Bolt address.
 fn target_of(instance: &Instance, cluster: &RoutingCluster) -> Option<Target> {
-    [&instance.management_server, &instance.coordinator_server, &instance.bolt_server]
-        .into_iter()
-        .filter(|a| !a.is_empty())
-        .find_map(|address| {
-            let host = table::host_of(address).trim_end_matches('.').to_ascii_lowercase();
-            if host.parse::<std::net::IpAddr>().is_ok() {
-                cluster.owner_of_ip(&host).map(|(t, _)| t)
-            } else {
-                Target::from_cluster_name(&host, &cluster.namespace).filter(|t| match t {
-                    Target::Service { namespace, name } => cluster.state.service(namespace, name).is_some(),
-                    Target::Pod { namespace, name } => cluster.pods.iter().any(|p| &p.namespace == namespace && &p.name == name),
-                })
-            }
-        })
+    [
+        &instance.management_server,
+        &instance.coordinator_server,
+        &instance.bolt_server,
+    ]
+    .into_iter()
+    .filter(|a| !a.is_empty())
+    .find_map(|address| {
+        let host = table::host_of(address)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            cluster.owner_of_ip(&host).map(|(t, _)| t)
+        } else {
+            Target::from_cluster_name(&host, &cluster.namespace).filter(|t| match t {
+                Target::Service { namespace, name } => {
+                    cluster.state.service(namespace, name).is_some()
+                }
+                Target::Pod { namespace, name } => cluster
+                    .pods
+                    .iter()
+                    .any(|p| &p.namespace == namespace && &p.name == name),
+            })
+        }
+    })
 }
 
 /// Each instance's external address (pure, given the cluster view).
@@ -440,7 +470,12 @@ pub fn desired_addresses(
 
 async fn show_instances(conn: &mut Connection) -> Result<Vec<Instance>, RoutingError> {
     let result = conn.run("SHOW INSTANCES").await.map_err(|e| match e {
-        BoltError::Query { address, message, code, .. } => BoltError::NotCoordinator {
+        BoltError::Query {
+            address,
+            message,
+            code,
+            ..
+        } => BoltError::NotCoordinator {
             address,
             request: "SHOW INSTANCES",
             message: format!("{code}: {message}"),
@@ -507,7 +542,11 @@ async fn on_leader(
 ) -> Result<(), RoutingError> {
     let message = match conn.run(statement).await {
         Ok(_) => return Ok(()),
-        Err(BoltError::Query { message, .. }) if message.to_ascii_lowercase().contains("leader") => message,
+        Err(BoltError::Query { message, .. })
+            if message.to_ascii_lowercase().contains("leader") =>
+        {
+            message
+        }
         Err(e) => return Err(e.into()),
     };
     let leader = instances.iter().find(|i| i.is_leader());
@@ -523,8 +562,12 @@ async fn on_leader(
     for candidate in candidates {
         let attempt = async {
             let address = BoltAddress::parse(&candidate)?;
-            let mut leader_conn =
-                Connection::connect(&address, creds.as_ref(), Duration::from_millis(args.timeout_ms)).await?;
+            let mut leader_conn = Connection::connect(
+                &address,
+                creds.as_ref(),
+                Duration::from_millis(args.timeout_ms),
+            )
+            .await?;
             leader_conn.run(statement).await?;
             Ok::<_, BoltError>(leader_conn)
         };
@@ -545,7 +588,9 @@ async fn on_leader(
 }
 
 async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
-    let cluster = load_cluster(&args.cluster).await?.ok_or(RoutingError::NoClusterView)?;
+    let cluster = load_cluster(&args.cluster)
+        .await?
+        .ok_or(RoutingError::NoClusterView)?;
     let mut conn = connect(&args.connect).await?;
     let version = match args.memgraph_version {
         Some(v) => v,
@@ -575,11 +620,20 @@ async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
     let desired = desired_addresses(&after, &cluster, args.cluster.bolt_port);
     let again = plan::plan(&after, &desired, version, args.replication_port)?;
     if again.is_empty() {
-        println!("verified: SHOW INSTANCES now lists every external address; a second run plans nothing");
+        println!(
+            "verified: SHOW INSTANCES now lists every external address; a second run plans nothing"
+        );
         Ok(if again.unresolved.is_empty() { 0 } else { 1 })
     } else {
-        let left: Vec<_> = again.changes.iter().map(|c| format!("{} ({})", c.instance, c.from)).collect();
-        eprintln!("after applying, these registrations still differ: {}", left.join(", "));
+        let left: Vec<_> = again
+            .changes
+            .iter()
+            .map(|c| format!("{} ({})", c.instance, c.from))
+            .collect();
+        eprintln!(
+            "after applying, these registrations still differ: {}",
+            left.join(", ")
+        );
         Ok(1)
     }
 }

@@ -91,7 +91,11 @@ impl Value {
             Value::String(s) => s.clone(),
             Value::List(items) => format!(
                 "[{}]",
-                items.iter().map(Value::display).collect::<Vec<_>>().join(", ")
+                items
+                    .iter()
+                    .map(Value::display)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Value::Map(m) => format!(
                 "{{{}}}",
@@ -389,7 +393,10 @@ mod tests {
         assert_eq!(decode(&[]), Err(PackStreamError::Truncated));
         assert_eq!(decode(&[0x85, b'a']), Err(PackStreamError::Truncated));
         assert_eq!(decode(&[0xC7]), Err(PackStreamError::UnknownMarker(0xC7)));
-        assert_eq!(decode(&[0xA1, 0x01, 0x01]), Err(PackStreamError::NonStringKey));
+        assert_eq!(
+            decode(&[0xA1, 0x01, 0x01]),
+            Err(PackStreamError::NonStringKey)
+        );
         assert_eq!(decode(&[0x81, 0xFF]), Err(PackStreamError::InvalidUtf8));
         assert_eq!(decode(&[0x01, 0x02]), Err(PackStreamError::Trailing(1)));
         // A huge declared length with no items behind it.

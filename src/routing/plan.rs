@@ -57,11 +57,18 @@ impl Instance {
     }
 }
 
-fn column(row: &BTreeMap<String, Value>, i: usize, name: &'static str) -> Result<String, PlanError> {
+fn column(
+    row: &BTreeMap<String, Value>,
+    i: usize,
+    name: &'static str,
+) -> Result<String, PlanError> {
     match row.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Null) | None => Ok(String::new()),
-        Some(_) => Err(PlanError::NotAString { row: i + 1, column: name }),
+        Some(_) => Err(PlanError::NotAString {
+            row: i + 1,
+            column: name,
+        }),
     }
 }
 
@@ -154,7 +161,11 @@ impl fmt::Display for Mode {
 
 /// Single-quoted Cypher string; refuses anything that would need escaping (addresses never do).
 fn quoted(text: &str) -> Result<String, PlanError> {
-    if text.is_empty() || text.chars().any(|c| c == '\'' || c == '"' || c == '\\' || c.is_whitespace()) {
+    if text.is_empty()
+        || text
+            .chars()
+            .any(|c| c == '\'' || c == '"' || c == '\\' || c.is_whitespace())
+    {
         return Err(PlanError::Unquotable(text.to_string()));
     }
     Ok(format!("'{text}'"))
@@ -171,7 +182,11 @@ fn identifier(text: &str) -> Result<&str, PlanError> {
 /// `replication_port` (the chart's 20000).
 fn replication_server(instance: &Instance, replication_port: u16) -> String {
     let host = super::table::host_of(&instance.management_server);
-    let host = if host.is_empty() { super::table::host_of(&instance.bolt_server) } else { host };
+    let host = if host.is_empty() {
+        super::table::host_of(&instance.bolt_server)
+    } else {
+        host
+    };
     if host.contains(':') {
         format!("[{host}]:{replication_port}")
     } else {
@@ -231,10 +246,13 @@ pub fn plan(
     };
     for instance in instances {
         match desired.get(&instance.name) {
-            None => plan
-                .unresolved
-                .push((instance.name.clone(), "no external address was looked up".into())),
-            Some(Desired::Unknown(why)) => plan.unresolved.push((instance.name.clone(), why.clone())),
+            None => plan.unresolved.push((
+                instance.name.clone(),
+                "no external address was looked up".into(),
+            )),
+            Some(Desired::Unknown(why)) => {
+                plan.unresolved.push((instance.name.clone(), why.clone()))
+            }
             Some(Desired::Address { address, .. }) if *address == instance.bolt_server => {
                 plan.unchanged.push(instance.name.clone())
             }
@@ -256,9 +274,17 @@ mod tests {
 
     fn show_instances(rows: &[[&str; 6]]) -> QueryResult {
         QueryResult {
-            fields: ["name", "bolt_server", "coordinator_server", "management_server", "health", "role", "last_succ_resp_ms"]
-                .map(String::from)
-                .to_vec(),
+            fields: [
+                "name",
+                "bolt_server",
+                "coordinator_server",
+                "management_server",
+                "health",
+                "role",
+                "last_succ_resp_ms",
+            ]
+            .map(String::from)
+            .to_vec(),
             records: rows
                 .iter()
                 .map(|r| {
@@ -275,12 +301,43 @@ mod tests {
         let c = |n: u32| format!("memgraph-coordinator-{n}.default.svc.cluster.local");
         let d = |n: u32| format!("memgraph-data-{n}.default.svc.cluster.local");
         let rows: Vec<[String; 6]> = vec![
-            ["coordinator_1".into(), format!("{}:7687", c(1)), format!("{}:12000", c(1)), format!("{}:10000", c(1)), "up".into(), "leader".into()],
-            ["coordinator_2".into(), format!("{}:7687", c(2)), format!("{}:12000", c(2)), format!("{}:10000", c(2)), "up".into(), "follower".into()],
-            ["instance_0".into(), format!("{}:7687", d(0)), String::new(), format!("{}:10000", d(0)), "up".into(), "main".into()],
-            ["instance_1".into(), format!("{}:7687", d(1)), String::new(), format!("{}:10000", d(1)), "up".into(), "replica".into()],
+            [
+                "coordinator_1".into(),
+                format!("{}:7687", c(1)),
+                format!("{}:12000", c(1)),
+                format!("{}:10000", c(1)),
+                "up".into(),
+                "leader".into(),
+            ],
+            [
+                "coordinator_2".into(),
+                format!("{}:7687", c(2)),
+                format!("{}:12000", c(2)),
+                format!("{}:10000", c(2)),
+                "up".into(),
+                "follower".into(),
+            ],
+            [
+                "instance_0".into(),
+                format!("{}:7687", d(0)),
+                String::new(),
+                format!("{}:10000", d(0)),
+                "up".into(),
+                "main".into(),
+            ],
+            [
+                "instance_1".into(),
+                format!("{}:7687", d(1)),
+                String::new(),
+                format!("{}:10000", d(1)),
+                "up".into(),
+                "replica".into(),
+            ],
         ];
-        let refs: Vec<[&str; 6]> = rows.iter().map(|r| r.each_ref().map(String::as_str)).collect();
+        let refs: Vec<[&str; 6]> = rows
+            .iter()
+            .map(|r| r.each_ref().map(String::as_str))
+            .collect();
         show_instances(&refs)
     }
 
@@ -318,7 +375,13 @@ mod tests {
         assert_eq!(instances(&result), Err(PlanError::MissingColumn("name")));
         let mut bad = chart_rows();
         bad.records[0][1] = Value::Int(3);
-        assert!(matches!(instances(&bad), Err(PlanError::NotAString { row: 1, column: "bolt_server" })));
+        assert!(matches!(
+            instances(&bad),
+            Err(PlanError::NotAString {
+                row: 1,
+                column: "bolt_server"
+            })
+        ));
     }
 
     #[test]
@@ -329,10 +392,17 @@ mod tests {
             ("coordinator_2", "203.0.113.5:30012"),
             ("instance_0", "203.0.113.5:30020"),
         ]);
-        want.insert("instance_1".into(), Desired::Unknown("LoadBalancer pending".into()));
+        want.insert(
+            "instance_1".into(),
+            Desired::Unknown("LoadBalancer pending".into()),
+        );
         let p = plan(&all, &want, Version::new(3, 8, 0), 20000).unwrap();
         assert_eq!(p.mode, Mode::UpdateConfig);
-        let statements: Vec<_> = p.changes.iter().flat_map(|c| c.statements.clone()).collect();
+        let statements: Vec<_> = p
+            .changes
+            .iter()
+            .flat_map(|c| c.statements.clone())
+            .collect();
         assert_eq!(
             statements,
             [
@@ -341,7 +411,10 @@ mod tests {
                 "UPDATE CONFIG FOR INSTANCE instance_0 {'bolt_server': '203.0.113.5:30020'}",
             ]
         );
-        assert_eq!(p.unresolved, [("instance_1".to_string(), "LoadBalancer pending".to_string())]);
+        assert_eq!(
+            p.unresolved,
+            [("instance_1".to_string(), "LoadBalancer pending".to_string())]
+        );
     }
 
     #[test]
@@ -373,10 +446,17 @@ mod tests {
     #[test]
     fn memgraph_3_0_to_3_7_gets_registrations_to_run_by_hand() {
         let all = instances(&chart_rows()).unwrap();
-        let want = desired(&[("coordinator_2", "203.0.113.5:30012"), ("instance_1", "203.0.113.5:30021")]);
+        let want = desired(&[
+            ("coordinator_2", "203.0.113.5:30012"),
+            ("instance_1", "203.0.113.5:30021"),
+        ]);
         let p = plan(&all, &want, Version::new(3, 7, 2), 20000).unwrap();
         assert_eq!(p.mode, Mode::Reregister);
-        let statements: Vec<_> = p.changes.iter().flat_map(|c| c.statements.clone()).collect();
+        let statements: Vec<_> = p
+            .changes
+            .iter()
+            .flat_map(|c| c.statements.clone())
+            .collect();
         assert_eq!(
             statements,
             [

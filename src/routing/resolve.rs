@@ -139,7 +139,9 @@ impl RoutingCluster {
                 ips,
             });
         }
-        cluster.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        cluster
+            .pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         cluster
     }
 
@@ -234,11 +236,7 @@ impl RoutingCluster {
                 && !svc.headless
                 && !svc.selector.is_empty()
                 && svc.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-            let Some(port) = svc
-                .ports
-                .iter()
-                .find(|p| exposes && reaches(p, bolt_port))
-            else {
+            let Some(port) = svc.ports.iter().find(|p| exposes && reaches(p, bolt_port)) else {
                 continue;
             };
             let rank = |s: &ServiceView| (s.selector.len(), s.name.starts_with(&owner_prefix));
@@ -258,7 +256,12 @@ impl RoutingCluster {
         match address::resolve(&self.state, svc, port, &self.node_address_types) {
             Resolution::Resolved(ext) => External::Found {
                 address: ext.address(),
-                source: format!("Service {}/{}, {}", svc.namespace, svc.name, ext.source.describe()),
+                source: format!(
+                    "Service {}/{}, {}",
+                    svc.namespace,
+                    svc.name,
+                    ext.source.describe()
+                ),
             },
             Resolution::Pending(why) => External::Unknown(why),
         }
@@ -394,9 +397,8 @@ status: {podIP: 10.244.0.10}
             c.external_for(&svc("memgraph-coordinator-1"), 7687),
             External::Found {
                 address: "203.0.113.5:30011".into(),
-                source:
-                    "Service default/memgraph-coordinator-1-external, Node node-a ExternalIP"
-                        .into()
+                source: "Service default/memgraph-coordinator-1-external, Node node-a ExternalIP"
+                    .into()
             }
         );
     }
@@ -404,8 +406,7 @@ status: {podIP: 10.244.0.10}
     #[test]
     fn the_pods_injected_annotation_comes_first() {
         let c = cluster(CHART);
-        let External::Found { address, source } =
-            c.external_for(&svc("memgraph-data-0"), 7687)
+        let External::Found { address, source } = c.external_for(&svc("memgraph-data-0"), 7687)
         else {
             panic!("not found")
         };
@@ -444,9 +445,27 @@ status: {podIP: 10.244.0.10}
 
     #[test]
     fn names_map_to_targets() {
-        assert_eq!(Target::from_cluster_name("a.b.svc.cluster.local", "x"), Some(Target::Service { namespace: "b".into(), name: "a".into() }));
-        assert_eq!(Target::from_cluster_name("p.a.b.svc", "x"), Some(Target::Pod { namespace: "b".into(), name: "p".into() }));
-        assert_eq!(Target::from_cluster_name("a", "x"), Some(Target::Service { namespace: "x".into(), name: "a".into() }));
+        assert_eq!(
+            Target::from_cluster_name("a.b.svc.cluster.local", "x"),
+            Some(Target::Service {
+                namespace: "b".into(),
+                name: "a".into()
+            })
+        );
+        assert_eq!(
+            Target::from_cluster_name("p.a.b.svc", "x"),
+            Some(Target::Pod {
+                namespace: "b".into(),
+                name: "p".into()
+            })
+        );
+        assert_eq!(
+            Target::from_cluster_name("a", "x"),
+            Some(Target::Service {
+                namespace: "x".into(),
+                name: "a".into()
+            })
+        );
         assert_eq!(Target::from_cluster_name("a.b.c.d", "x"), None);
         assert_eq!(owner_of_pod("memgraph-data-0-0"), "memgraph-data-0");
     }

@@ -144,10 +144,7 @@ pub fn classify(address: &str, cluster: Option<&RoutingCluster>) -> (Verdict, Op
     let target = Target::from_cluster_name(&lower, default_ns);
     let labels: Vec<&str> = lower.split('.').collect();
     if labels.contains(&"svc") || lower.ends_with(".cluster.local") {
-        return (
-            Verdict::Unusable("an in-cluster DNS name".into()),
-            target,
-        );
+        return (Verdict::Unusable("an in-cluster DNS name".into()), target);
     }
     if labels.len() == 1 && lower != "localhost" {
         return (
@@ -162,9 +159,7 @@ pub fn classify(address: &str, cluster: Option<&RoutingCluster>) -> (Verdict, Op
     if let (Some(cluster), [name, namespace]) = (cluster, labels.as_slice()) {
         if cluster.state.service(namespace, name).is_some() {
             return (
-                Verdict::Unusable(format!(
-                    "the in-cluster name of Service {namespace}/{name}"
-                )),
+                Verdict::Unusable(format!("the in-cluster name of Service {namespace}/{name}")),
                 target,
             );
         }
@@ -217,7 +212,12 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            ["ROUTE c1:7687", "WRITE w:7687", "READ r1:7687", "READ r2:7687"]
+            [
+                "ROUTE c1:7687",
+                "WRITE w:7687",
+                "READ r1:7687",
+                "READ r2:7687"
+            ]
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod control_plane;
+pub mod helm;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Drives the official neo4j Python driver (PyPI `neo4j`) in routing mode for tests.
+
+Usage: driver_probe.py neo4j://HOST:PORT. Keeps ONE driver (so its routing table and its
+refresh behave as in an application) and reads commands on standard input:
+  write   run `RETURN $n AS n` in a WRITE session (goes to the table's WRITE server)
+  read    the same in a READ session (goes to a READ server)
+  quit
+Each command prints one JSON line: {"ok": true, "server": "host:port", "value": n} or
+{"ok": false, "error": "...", "type": "ServiceUnavailable"}.
+Auto-commit queries (session.run) are not retried, so a failure shows at once.
+
+Sessions name the database ("memgraph", Memgraph's default). Without it the driver (6.x, no
+server-side routing) resolves the home database with a ROUTE for database None, and with no
+table for None it asks only its initial (seed) address: every new session would depend on
+the seed, whatever the routing table says.
+"""
+
+import json
+import sys
+
+import neo4j
+
+
+def main():
+    uri = sys.argv[1]
+    driver = neo4j.GraphDatabase.driver(uri, auth=None, connection_timeout=2.0, connection_acquisition_timeout=10.0)
+    print(json.dumps({"driver": neo4j.__version__}), flush=True)
+    count = 0
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        if command not in ("write", "read"):
+            print(json.dumps({"ok": False, "error": f"unknown command {command!r}", "type": "Usage"}), flush=True)
+            continue
+        count += 1
+        mode = neo4j.WRITE_ACCESS if command == "write" else neo4j.READ_ACCESS
+        try:
+            with driver.session(database="memgraph", default_access_mode=mode) as session:
+                result = session.run("RETURN $n AS n", n=count)
+                value = result.single(strict=True)["n"]
+                summary = result.consume()
+                server = f"{summary.server.address[0]}:{summary.server.address[1]}"
+            print(json.dumps({"ok": True, "server": server, "value": value}), flush=True)
+        except Exception as e:  # the test asserts on the message
+            print(json.dumps({"ok": False, "error": str(e), "type": type(e).__name__}), flush=True)
+    driver.close()
+
+
+if __name__ == "__main__":
+    main()

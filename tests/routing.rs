@@ -1,0 +1,544 @@
+//! `routing check` and `routing sync` against a Bolt test server that behaves as a Memgraph
+//! HA cluster (tests/bolt_server/memgraph_coordinator.py), with the official neo4j Python
+//! driver (PyPI `neo4j`) in routing mode as the client that shows the bug and the fix.
+//!
+//! Needs a Python with `neo4j`: `MAI_TEST_PYTHON` (set by scripts/test, which creates .venv),
+//! else `.venv/bin/python`. Missing, the test fails: the proof is the point.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_memgraph-address-injector");
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+
+fn python() -> PathBuf {
+    let python = std::env::var_os("MAI_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(MANIFEST).join(".venv/bin/python"));
+    let works = Command::new(&python)
+        .args(["-c", "import neo4j"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        works,
+        "{} cannot import the neo4j driver; run ./scripts/test (it creates .venv with `pip install neo4j`) or set MAI_TEST_PYTHON",
+        python.display()
+    );
+    python
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(MANIFEST).join("tests/bolt_server").join(name)
+}
+
+/// A child speaking one line per command; killed on drop (also when the test panics).
+struct LineProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    name: &'static str,
+}
+
+impl LineProcess {
+    fn spawn(name: &'static str, command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines,
+            name,
+        }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{} printed nothing within 60 s", self.name))
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        self.line()
+    }
+}
+
+impl Drop for LineProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test server and where each instance listens.
+struct Cluster {
+    server: LineProcess,
+    listening: BTreeMap<String, String>,
+    journal: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path, python: &Path, overrides: Value) -> Self {
+        let text = std::fs::read_to_string(
+            Path::new(MANIFEST).join("tests/fixtures/routing/cluster-3.8.json"),
+        )
+        .unwrap();
+        let mut config: Value = serde_json::from_str(&text).unwrap();
+        let journal = dir.join("journal.jsonl");
+        config["journal"] = json!(journal);
+        for (k, v) in overrides.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let config_path = dir.join("server.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let server = LineProcess::spawn(
+            "the Bolt test server",
+            Command::new(python)
+                .arg(script("memgraph_coordinator.py"))
+                .arg(&config_path),
+        );
+        let ready: Value = serde_json::from_str(&server.line()).unwrap();
+        let listening = serde_json::from_value(ready["listening"].clone()).unwrap();
+        Self {
+            server,
+            listening,
+            journal,
+        }
+    }
+
+    fn at(&self, instance: &str) -> String {
+        self.listening[instance].clone()
+    }
+
+    fn command(&mut self, command: &str) {
+        let reply = self.server.ask(command);
+        assert!(reply.starts_with("ok"), "{command}: {reply}");
+    }
+
+    /// Journal entries (instance, message, query) from entry `from` on.
+    fn journal_from(&self, from: usize) -> Vec<(String, String, Option<String>)> {
+        std::fs::read_to_string(&self.journal)
+            .unwrap_or_default()
+            .lines()
+            .skip(from)
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["instance"].as_str().unwrap().to_string(),
+                    v["message"].as_str().unwrap().to_string(),
+                    v["query"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    }
+
+    fn journal_len(&self) -> usize {
+        self.journal_from(0).len()
+    }
+
+    /// The cluster view: the chart's Services, Pods and node, with the nodePorts the
+    /// listeners got.
+    fn cluster_file(&self, dir: &Path) -> PathBuf {
+        let mut text = std::fs::read_to_string(
+            Path::new(MANIFEST).join("tests/fixtures/routing/cluster.yaml.tmpl"),
+        )
+        .unwrap();
+        for (name, address) in &self.listening {
+            let port = address.rsplit_once(':').unwrap().1;
+            text = text.replace(&format!("${{NODEPORT_{name}}}"), port);
+        }
+        let path = dir.join("cluster.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("MAI_CLUSTER")
+        .output()
+        .unwrap();
+    let result = (
+        out.status.code().expect("killed by a signal"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!(
+        "$ memgraph-address-injector {}\n-> exit {}\n{}{}",
+        args.join(" "),
+        result.0,
+        result.1,
+        result.2
+    );
+    result
+}
+
+fn driver_call(driver: &mut LineProcess, command: &str) -> Value {
+    let reply: Value = serde_json::from_str(&driver.ask(command)).unwrap();
+    eprintln!("driver {command}: {reply}");
+    reply
+}
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn past_ttl() {
+    std::thread::sleep(TTL + Duration::from_millis(700));
+}
+
+#[test]
+fn in_cluster_addresses_break_the_driver_and_routing_sync_fixes_them() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &python, json!({"ttl": TTL.as_secs()}));
+    let cluster_file = cluster.cluster_file(dir.path());
+    let cluster_file = cluster_file.to_str().unwrap();
+    let seed = cluster.at("coordinator_1");
+    let mut driver = LineProcess::spawn(
+        "the neo4j driver probe",
+        Command::new(&python)
+            .arg(script("driver_probe.py"))
+            .arg(format!("neo4j://{seed}")),
+    );
+    let banner: Value = serde_json::from_str(&driver.line()).unwrap();
+    eprintln!("neo4j driver {}", banner["driver"]);
+
+    // 1. The seed's bug. The table's ROUTE entries are in-cluster names (the chart's setup
+    //    Job registers them); the MAIN was registered with its external address, so the first
+    //    query works: the driver got the table through the seed and wrote to the MAIN.
+    let first = driver_call(&mut driver, "write");
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["server"], cluster.at("instance_0"));
+    let seen = cluster.journal_from(0);
+    assert!(seen.contains(&("coordinator_1".into(), "ROUTE".into(), None)));
+    assert!(seen.contains(&(
+        "instance_0".into(),
+        "RUN".into(),
+        Some("RETURN $n AS n".into())
+    )));
+    // A Raft election moves the leadership (sync must find the leader below).
+    cluster.command("leader coordinator_2");
+    // After the ttl the driver refreshes from the table's ROUTE servers: in-cluster names it
+    // cannot resolve. Every coordinator, the seed included, is up and reachable at its
+    // external address; the driver was never told those addresses, and neo4j 6.x gives up
+    // on the first name that does not resolve, before trying its seed again.
+    past_ttl();
+    let mark = cluster.journal_len();
+    let broken = driver_call(&mut driver, "write");
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert_eq!(broken["type"], "ServiceUnavailable", "{broken}");
+    let error = broken["error"].as_str().unwrap();
+    assert!(
+        error.contains("Unable to retrieve routing information")
+            || (error.contains("Failed to DNS resolve address memgraph-coordinator-")
+                && error.contains(".default.svc.cluster.local:7687")),
+        "{broken}"
+    );
+    assert!(cluster
+        .journal_from(mark)
+        .iter()
+        .all(|(_, message, _)| message != "ROUTE"));
+
+    // 2. `routing check` (through a surviving coordinator) names every unusable address and
+    //    what it should be.
+    let bolt = cluster.at("coordinator_3");
+    let (code, stdout, stderr) = cli(&[
+        "routing",
+        "check",
+        "--bolt",
+        &bolt,
+        "--cluster",
+        cluster_file,
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    for bad in [
+        "ROUTE memgraph-coordinator-1.default.svc.cluster.local:7687",
+        "ROUTE memgraph-coordinator-2.default.svc.cluster.local:7687",
+        "ROUTE memgraph-coordinator-3.default.svc.cluster.local:7687",
+        "READ memgraph-data-1.default.svc.cluster.local:7687",
+    ] {
+        assert!(stderr.contains(bad), "{bad} not named in: {stderr}");
+    }
+    assert!(!stderr.contains(&cluster.at("instance_0")), "{stderr}");
+    for instance in [
+        "coordinator_1",
+        "coordinator_2",
+        "coordinator_3",
+        "instance_1",
+    ] {
+        assert!(
+            stdout.contains(&format!("{} (Service default/", cluster.at(instance))),
+            "no external address suggested for {instance}: {stdout}"
+        );
+    }
+
+    // 3. `routing sync`: a dry run changes nothing; --apply runs UPDATE CONFIG on the leader
+    //    (coordinator_3 is a follower and refuses; sync goes to the leader); a second run
+    //    plans nothing; `routing check` passes.
+    let mark = cluster.journal_len();
+    let (code, stdout, _) = cli(&[
+        "routing",
+        "sync",
+        "--bolt",
+        &bolt,
+        "--cluster",
+        cluster_file,
+    ]);
+    assert_eq!(code, 1, "a dry run with changes pending exits 1");
+    let expected: Vec<String> = [
+        ("COORDINATOR 1", "coordinator_1"),
+        ("COORDINATOR 2", "coordinator_2"),
+        ("COORDINATOR 3", "coordinator_3"),
+        ("INSTANCE instance_1", "instance_1"),
+    ]
+    .iter()
+    .map(|(what, instance)| {
+        format!(
+            "UPDATE CONFIG FOR {what} {{'bolt_server': '{}'}}",
+            cluster.at(instance)
+        )
+    })
+    .collect();
+    for statement in &expected {
+        assert!(
+            stdout.contains(statement),
+            "{statement} not planned: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("instance_0: already registered"),
+        "{stdout}"
+    );
+    let updates = |from: usize| -> Vec<(String, String)> {
+        cluster
+            .journal_from(from)
+            .into_iter()
+            .filter_map(|(instance, _, query)| {
+                query
+                    .filter(|q| q.starts_with("UPDATE CONFIG"))
+                    .map(|q| (instance, q))
+            })
+            .collect()
+    };
+    assert!(updates(mark).is_empty(), "the dry run executed something");
+
+    let mark = cluster.journal_len();
+    let (code, stdout, stderr) = cli(&[
+        "routing",
+        "sync",
+        "--bolt",
+        &bolt,
+        "--cluster",
+        cluster_file,
+        "--apply",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    let executed = updates(mark);
+    assert_eq!(
+        executed[0].0, "coordinator_3",
+        "tried first where it was pointed"
+    );
+    let on_leader: Vec<&str> = executed
+        .iter()
+        .filter(|(instance, _)| instance == "coordinator_2")
+        .map(|(_, q)| q.as_str())
+        .collect();
+    assert_eq!(
+        on_leader,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    let (code, stdout, _) = cli(&[
+        "routing",
+        "sync",
+        "--bolt",
+        &bolt,
+        "--cluster",
+        cluster_file,
+    ]);
+    assert_eq!(code, 0, "idempotent: {stdout}");
+    assert!(stdout.contains("nothing to change"), "{stdout}");
+    let (code, stdout, stderr) = cli(&[
+        "routing",
+        "check",
+        "--bolt",
+        &bolt,
+        "--cluster",
+        cluster_file,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("every address is usable"), "{stdout}");
+
+    // A driver that cached the old table keeps failing (its routers are still the
+    // unresolvable names): applications must reconnect once after the sync.
+    let stale = driver_call(&mut driver, "write");
+    assert_eq!(stale["ok"], false, "{stale}");
+    drop(driver);
+    // A new driver with the same seed gets the fixed table and runs queries against the
+    // instances it names, at their external addresses.
+    let mut driver = LineProcess::spawn(
+        "the neo4j driver probe",
+        Command::new(&python)
+            .arg(script("driver_probe.py"))
+            .arg(format!("neo4j://{seed}")),
+    );
+    driver.line();
+    let write = driver_call(&mut driver, "write");
+    assert_eq!(write["ok"], true, "{write}");
+    assert_eq!(write["server"], cluster.at("instance_0"));
+    let read = driver_call(&mut driver, "read");
+    assert_eq!(read["ok"], true, "{read}");
+    assert_eq!(
+        read["server"],
+        cluster.at("instance_1"),
+        "the replica, in-cluster before the sync"
+    );
+
+    // The fix itself: the seed goes away, and after the ttl the driver refreshes from
+    // the other coordinators, whose external addresses the table now lists.
+    cluster.command("down coordinator_1");
+    past_ttl();
+    let mark = cluster.journal_len();
+    let write = driver_call(&mut driver, "write");
+    assert_eq!(write["ok"], true, "{write}");
+    assert_eq!(write["server"], cluster.at("instance_0"));
+    let routed_by: Vec<String> = cluster
+        .journal_from(mark)
+        .into_iter()
+        .filter(|(_, message, _)| message == "ROUTE")
+        .map(|(instance, _, _)| instance)
+        .collect();
+    assert!(
+        routed_by
+            .iter()
+            .any(|i| i == "coordinator_2" || i == "coordinator_3"),
+        "the refresh did not go to a surviving coordinator: {routed_by:?}"
+    );
+}
+
+/// Bolt 4.3 and 4.4 servers, credentials, and the one-line exit-2 errors.
+#[test]
+fn version_negotiation_credentials_and_connection_errors() {
+    let python = python();
+    for bolt_version in ["4.3", "4.4"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(
+            dir.path(),
+            &python,
+            json!({"bolt_versions": [bolt_version], "auth": {"user": "admin", "password": "s3cret"}}),
+        );
+        let bolt = cluster.at("coordinator_2");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "s3cret\n").unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "wrong").unwrap();
+
+        // No cluster view: in-cluster names are still recognised; exit 1.
+        let (code, stdout, stderr) = cli(&[
+            "routing",
+            "check",
+            "--bolt",
+            &bolt,
+            "--user",
+            "admin",
+            "--password-file",
+            good.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "Bolt {bolt_version}: {stdout}{stderr}");
+        assert!(stdout.contains("ttl 2s"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("WRITE  {}", cluster.at("instance_0"))),
+            "{stdout}"
+        );
+        assert!(stderr.contains("ROUTE memgraph-coordinator-2.default.svc.cluster.local:7687"));
+        // HELLO carried the credentials (no LOGON before 5.1), then ROUTE.
+        let messages: Vec<String> = cluster
+            .journal_from(0)
+            .into_iter()
+            .map(|(_, m, _)| m)
+            .collect();
+        assert_eq!(messages[..3], ["HELLO", "ROUTE", "GOODBYE"], "{messages:?}");
+
+        let (code, _, stderr) = cli(&[
+            "routing",
+            "check",
+            "--bolt",
+            &bolt,
+            "--user",
+            "admin",
+            "--password-file",
+            bad.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("refused the credentials") && stderr.contains("Authentication failure"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+        // A data instance is not a coordinator.
+        let (code, _, stderr) = cli(&[
+            "routing",
+            "check",
+            "--bolt",
+            &cluster.at("instance_1"),
+            "--user",
+            "admin",
+            "--password-file",
+            good.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("is not a Memgraph coordinator"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+
+    // Nothing listening.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, _, stderr) = cli(&["routing", "check", "--bolt", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot connect to 127.0.0.1:") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // A server that speaks no version we offer (Bolt 1.0 only).
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &python, json!({"bolt_versions": ["1.0"]}));
+    let (code, _, stderr) = cli(&["routing", "check", "--bolt", &cluster.at("coordinator_1")]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("speaks none of the Bolt versions"),
+        "{stderr}"
+    );
+}
