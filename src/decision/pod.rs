@@ -33,7 +33,9 @@ where
     let raw: Option<&'de serde_json::value::RawValue> = Deserialize::deserialize(deserializer)?;
     match raw.map(|r| r.get()) {
         None | Some("null") => Ok(None),
-        Some(text) if text.starts_with('{') => serde_json::from_str(text).map(Some).map_err(D::Error::custom),
+        Some(text) if text.starts_with('{') => serde_json::from_str(text)
+            .map(Some)
+            .map_err(D::Error::custom),
         Some(_) => Err(D::Error::custom("expected a JSON object")),
     }
 }
@@ -44,12 +46,15 @@ where
     T: Deserialize<'de>,
 {
     use serde::de::Error;
-    let raw: Option<Vec<&'de serde_json::value::RawValue>> = Deserialize::deserialize(deserializer)?;
+    let raw: Option<Vec<&'de serde_json::value::RawValue>> =
+        Deserialize::deserialize(deserializer)?;
     raw.map(|items| {
         items
             .into_iter()
             .map(|item| match item.get() {
-                text if text.starts_with('{') => serde_json::from_str(text).map_err(D::Error::custom),
+                text if text.starts_with('{') => {
+                    serde_json::from_str(text).map_err(D::Error::custom)
+                }
                 _ => Err(D::Error::custom("expected a JSON object")),
             })
             .collect()

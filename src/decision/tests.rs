@@ -685,7 +685,11 @@ fn structs_given_as_arrays_are_unreadable_not_patched() {
         json!({"metadata": [null, null, null, {"app": "memgraph-data-0"}], "spec": {"containers": [{"name": "memgraph-data"}]}}),
     ] {
         let body = review(pod, "CREATE", None);
-        let decision = decide(&review::parse(body.as_bytes()).unwrap(), &state("nodeport.yaml"), &Config::default());
+        let decision = decide(
+            &review::parse(body.as_bytes()).unwrap(),
+            &state("nodeport.yaml"),
+            &Config::default(),
+        );
         assert_eq!(decision.outcome, Outcome::Unreadable);
         assert!(decision.patch.is_empty());
     }

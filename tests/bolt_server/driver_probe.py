@@ -17,9 +17,24 @@ the seed, whatever the routing table says.
 """
 
 import json
+import socket
 import sys
 
 import neo4j
+
+# A client outside the cluster cannot resolve in-cluster names. Answer that here, as its DNS
+# would, so that no lookup leaves this machine during the tests.
+_getaddrinfo = socket.getaddrinfo
+
+
+def _outside_cluster_getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    if name.rstrip(".").endswith((".svc", ".cluster.local")):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _outside_cluster_getaddrinfo
 
 
 def main():
