@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
@@ -60,7 +60,7 @@ async fn node_port(client: &Client, ns: &str, service: &str) -> i32 {
 async fn against_a_real_control_plane() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let plane = ControlPlane::start(dir.path());
+    let mut plane = ControlPlane::start(dir.path());
     eprintln!("control plane ready in {:.1?}", plane.started_in);
     let client = plane.client().await;
     let kubeconfig = plane.kubeconfig.display().to_string();
@@ -94,6 +94,11 @@ async fn against_a_real_control_plane() {
     eprintln!("scenario 5 (non-Memgraph, opted out, dryRun) passed");
     manifests_accepted(&client).await;
     eprintln!("scenario 7 (manifests accepted by server-side dry run) passed");
+    least_privilege(&client).await;
+    eprintln!("least privilege (RBAC by SubjectAccessReview, restricted Pod Security) passed");
+    let outage = Instant::now();
+    apiserver_restart(&client, &mut plane, &webhook).await;
+    eprintln!("API server restart passed in {:.1?}", outage.elapsed());
     audit_annotations_recorded(&plane);
     // Last: it stops the webhook.
     webhook_down(&client, &mut webhook).await;
@@ -343,54 +348,86 @@ async fn untouched_pods(client: &Client) {
     );
 }
 
-/// Scenario 7: every object in manifests/base is accepted by the API server (server-side dry
-/// run; the Namespace is created for real so namespaced objects can be checked in it).
-async fn manifests_accepted(client: &Client) {
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base");
+/// The objects of a kustomize directory (its `resources`, with its `namespace` applied).
+fn kustomization_objects(dir: &str) -> Vec<kube::api::DynamicObject> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let kustomization: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(base.join("kustomization.yaml")).unwrap())
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
             .unwrap();
-    let mut docs = Vec::new();
+    let namespace = kustomization["namespace"].as_str().map(String::from);
+    let mut objects = Vec::new();
     for file in kustomization["resources"].as_array().unwrap() {
-        let text = std::fs::read_to_string(base.join(file.as_str().unwrap())).unwrap();
+        let text = std::fs::read_to_string(dir.join(file.as_str().unwrap())).unwrap();
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if !value.is_null() {
-                docs.push(value);
+            if value.is_null() {
+                continue;
             }
+            let mut obj: kube::api::DynamicObject = from(value);
+            if obj.metadata.namespace.is_none() {
+                obj.metadata.namespace = namespace.clone();
+            }
+            objects.push(obj);
         }
     }
-    assert!(
-        docs.len() >= 8,
-        "expected every manifest, found {}",
-        docs.len()
-    );
+    objects
+}
+
+async fn api_for(
+    client: &Client,
+    discovery: &kube::Discovery,
+    obj: &kube::api::DynamicObject,
+) -> Api<kube::api::DynamicObject> {
+    let types = obj.types.clone().expect("apiVersion and kind");
+    let gvk = kube::api::GroupVersionKind::try_from(&types).unwrap();
+    let (resource, caps) = discovery.resolve_gvk(&gvk).expect("a known kind");
+    match (caps.scope, obj.metadata.namespace.as_deref()) {
+        (kube::discovery::Scope::Namespaced, Some(ns)) => {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        _ => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Scenario 7: every object in manifests/base and manifests/routing-sync is accepted by the
+/// API server. Namespaces, ServiceAccounts and RBAC are created for real (the least-privilege
+/// checks need them); everything else is a server-side dry run.
+async fn manifests_accepted(client: &Client) {
     let discovery = kube::Discovery::new(client.clone())
         .run()
         .await
         .expect("discovery");
-    for doc in docs {
-        let obj: kube::api::DynamicObject = from(doc.clone());
-        let types = obj.types.clone().expect("apiVersion and kind");
-        let gvk = kube::api::GroupVersionKind::try_from(&types).unwrap();
-        let (resource, caps) = discovery.resolve_gvk(&gvk).expect("a known kind");
-        let api: Api<kube::api::DynamicObject> =
-            match (caps.scope, obj.metadata.namespace.as_deref()) {
-                (kube::discovery::Scope::Namespaced, Some(ns)) => {
-                    Api::namespaced_with(client.clone(), ns, &resource)
-                }
-                _ => Api::all_with(client.clone(), &resource),
-            };
-        let kind = types.kind.clone();
+    let base = kustomization_objects("manifests/base");
+    assert!(
+        base.len() >= 8,
+        "expected every manifest, found {}",
+        base.len()
+    );
+    let routing_sync = kustomization_objects("manifests/routing-sync");
+    assert!(
+        routing_sync.len() >= 4,
+        "expected the routing-sync manifests, found {}",
+        routing_sync.len()
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt("memgraph").await.unwrap().is_none() {
+        namespace(client, "memgraph").await;
+    }
+    for obj in base.into_iter().chain(routing_sync) {
+        let api = api_for(client, &discovery, &obj).await;
+        let kind = obj.types.as_ref().unwrap().kind.clone();
         let name = obj.metadata.name.clone().unwrap_or_default();
-        if kind == "Namespace" {
-            api.create(&PostParams::default(), &obj)
-                .await
-                .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
-            continue;
-        }
+        let real = matches!(
+            kind.as_str(),
+            "Namespace"
+                | "ServiceAccount"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "Role"
+                | "RoleBinding"
+        );
         let params = PostParams {
-            dry_run: true,
+            dry_run: !real,
             ..Default::default()
         };
         // The webhook configuration already exists under this name; dry-run it renamed.
@@ -402,6 +439,182 @@ async fn manifests_accepted(client: &Client) {
             .await
             .unwrap_or_else(|e| panic!("{kind} {name} rejected: {e}"));
     }
+}
+
+/// Least privilege: the webhook's ServiceAccount may get/list/watch Services and Nodes and
+/// nothing else; its pod passes the `restricted` Pod Security Standard that its namespace
+/// enforces (and that enforcement is live: a privileged pod is refused there).
+async fn least_privilege(client: &Client) {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let user = "system:serviceaccount:memgraph-address-injector:memgraph-address-injector";
+    let can = async |verb: &str, resource: &str, namespace: Option<&str>| {
+        let review: SubjectAccessReview = from(json!({
+            "spec": {
+                "user": user,
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:memgraph-address-injector", "system:authenticated"],
+                "resourceAttributes": {"verb": verb, "resource": resource, "group": "", "namespace": namespace}
+            }
+        }));
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("SubjectAccessReview");
+        answer.status.map(|s| s.allowed).unwrap_or(false)
+    };
+    for resource in ["services", "nodes"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                can(verb, resource, None).await,
+                "{verb} {resource} must be allowed"
+            );
+        }
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(
+                !can(verb, resource, Some("e2e-nodeport")).await,
+                "{verb} {resource} must be denied"
+            );
+        }
+    }
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("list", "pods"),
+        ("create", "pods"),
+        ("list", "configmaps"),
+        ("get", "endpoints"),
+    ] {
+        assert!(
+            !can(verb, resource, Some("e2e-nodeport")).await,
+            "{verb} {resource} must be denied"
+        );
+    }
+
+    let deployment = kustomization_objects("manifests/base")
+        .into_iter()
+        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "Deployment"))
+        .unwrap();
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod"});
+    pod["metadata"] = deployment.data["spec"]["template"]["metadata"].clone();
+    pod["metadata"]["name"] = json!("restricted-check");
+    pod["spec"] = deployment.data["spec"]["template"]["spec"].clone();
+    let (status, _, body) = create_pod_raw(client, "memgraph-address-injector", &pod, true).await;
+    assert_eq!(
+        status, 201,
+        "the webhook's pod does not pass restricted: {body}"
+    );
+    // A pod with default security settings: fine elsewhere, refused here.
+    let privileged = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unrestricted"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    let (status, _, body) =
+        create_pod_raw(client, "memgraph-address-injector", &privileged, true).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("PodSecurity"), "{body}");
+}
+
+/// Fault: the API server stops and comes back while the webhook runs. Decisions continue from
+/// the cache meanwhile; the watches resume; a Service created after the restart is used.
+async fn apiserver_restart(client: &Client, plane: &mut ControlPlane, webhook: &Webhook) {
+    plane.stop_apiserver();
+    let https = https_client(&webhook.ca_pem());
+    let mut pod = serde_json::to_value(chart_statefulset(
+        "memgraph-data-0",
+        "data",
+        "memgraph/memgraph:3.2.1",
+        &data_args(),
+    ))
+    .unwrap()["spec"]["template"]
+        .clone();
+    pod["metadata"]["name"] = json!("memgraph-data-0-0");
+    let review = review_of(&pod, "e2e-nodeport", "during-outage");
+    let response: Value = https
+        .post(webhook.url("/mutate"))
+        .header("content-type", "application/json")
+        .body(review.to_string())
+        .send()
+        .await
+        .expect("the webhook answers while the API server is down")
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["response"]["allowed"], true, "{response}");
+    assert!(
+        response["response"]["auditAnnotations"]["bolt-address"]
+            .as_str()
+            .unwrap()
+            .starts_with("203.0.113.10:"),
+        "{response}"
+    );
+
+    plane.start_apiserver();
+    let cached = async || -> usize {
+        let text = reqwest::get(webhook.health_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("memgraph_address_injector_cached_objects{kind=\"Service\"} ")
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let live_lists = async || -> String {
+        let text = reqwest::get(webhook.health_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("memgraph_address_injector_live_service_lists_total "))
+            .unwrap()
+            .to_string()
+    };
+    let before = cached().await;
+    let lists_before = live_lists().await;
+    let ns = "e2e-after-restart";
+    namespace(client, ns).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services
+        .create(
+            &PostParams::default(),
+            &external_service("memgraph-data-0", "NodePort", &[7687]),
+        )
+        .await
+        .unwrap();
+    // The resumed watch, not a live list, brings the new Service into the cache.
+    wait_for(
+        Duration::from_secs(60),
+        "the resumed watch to deliver the new Service",
+        || async { (cached().await > before).then_some(()) },
+    )
+    .await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    sets.create(
+        &PostParams::default(),
+        &chart_statefulset(
+            "memgraph-data-0",
+            "data",
+            "memgraph/memgraph:3.2.1",
+            &data_args(),
+        ),
+    )
+    .await
+    .unwrap();
+    let created = wait_pod(client, ns, "memgraph-data-0-0").await;
+    let port = node_port(client, ns, "memgraph-data-0-external").await;
+    assert_eq!(
+        env_value(&created, ENV),
+        Some(format!("203.0.113.10:{port}"))
+    );
+    assert_eq!(
+        live_lists().await,
+        lists_before,
+        "the Service came from a live list, not the watch"
+    );
 }
 
 /// auditAnnotations reach the audit log, prefixed with the webhook's name.

@@ -11,6 +11,8 @@ use super::{free_port, gen_certs, ChildGuard};
 pub struct ControlPlane {
     // Dropped in reverse order of start: the controller manager first, etcd last.
     processes: Vec<ChildGuard>,
+    bin: PathBuf,
+    apiserver_args: Vec<String>,
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub api_port: u16,
@@ -114,31 +116,32 @@ impl ControlPlane {
         let api_port = free_port();
         let api_log = dir.join("kube-apiserver.log");
         let pki_path = |f: &str| pki.join(f).display().to_string();
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--tls-cert-file={}", pki_path("tls.crt")),
+            format!("--tls-private-key-file={}", pki_path("tls.key")),
+            format!("--client-ca-file={}", pki_path("ca.crt")),
+            format!("--token-auth-file={}", pki_path("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-key-file={}", pki_path("sa.pub")),
+            format!("--service-account-signing-key-file={}", pki_path("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--service-node-port-range=30000-32767".into(),
+            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+            format!("--audit-policy-file={}", audit_policy.display()),
+            format!("--audit-log-path={}", dir.join("audit.log").display()),
+            "--enable-priority-and-fairness=false".into(),
+            // A loopback advertise address cannot back the `kubernetes` Endpoints.
+            "--endpoint-reconciler-type=none".into(),
+            "--v=1".into(),
+        ];
         processes.push(spawn(
             &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--tls-cert-file={}", pki_path("tls.crt")),
-                format!("--tls-private-key-file={}", pki_path("tls.key")),
-                format!("--client-ca-file={}", pki_path("ca.crt")),
-                format!("--token-auth-file={}", pki_path("tokens.csv")),
-                "--authorization-mode=RBAC".into(),
-                format!("--service-account-key-file={}", pki_path("sa.pub")),
-                format!("--service-account-signing-key-file={}", pki_path("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--service-node-port-range=30000-32767".into(),
-                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-                format!("--audit-policy-file={}", audit_policy.display()),
-                format!("--audit-log-path={}", dir.join("audit.log").display()),
-                "--enable-priority-and-fairness=false".into(),
-                // A loopback advertise address cannot back the `kubernetes` Endpoints.
-                "--endpoint-reconciler-type=none".into(),
-                "--v=1".into(),
-            ],
+            &apiserver_args,
             &api_log,
             "kube-apiserver",
         ));
@@ -178,6 +181,8 @@ impl ControlPlane {
         std::thread::sleep(Duration::from_millis(300));
         let mut plane = ControlPlane {
             processes,
+            bin: bin.clone(),
+            apiserver_args,
             dir: dir.to_path_buf(),
             kubeconfig,
             api_port,
@@ -213,6 +218,46 @@ impl ControlPlane {
 
     pub fn audit_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default()
+    }
+
+    /// Stops kube-apiserver (SIGTERM), leaving etcd and the controller manager running.
+    pub fn stop_apiserver(&mut self) {
+        let process = self
+            .processes
+            .iter_mut()
+            .find(|p| p.name == "kube-apiserver")
+            .expect("kube-apiserver");
+        if process.terminate(Duration::from_secs(15)).is_none() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
+    /// Starts kube-apiserver again with the same flags and port, and waits for /readyz.
+    pub fn start_apiserver(&mut self) {
+        let log = self.dir.join("kube-apiserver-restarted.log");
+        let process = spawn(
+            &self.bin.join("kube-apiserver"),
+            &self.apiserver_args,
+            &log,
+            "kube-apiserver",
+        );
+        let slot = self
+            .processes
+            .iter_mut()
+            .find(|p| p.name == "kube-apiserver")
+            .expect("kube-apiserver");
+        *slot = process;
+        assert!(
+            readyz(
+                self.api_port,
+                &self.ca_pem,
+                &self.token,
+                Duration::from_secs(120)
+            ),
+            "kube-apiserver did not come back:\n{}",
+            tail(&log)
+        );
     }
 
     pub fn is_running(&mut self, name: &str) -> bool {
