@@ -86,19 +86,24 @@ fn service(
     if let Some(node_port) = node_port {
         port_spec["nodePort"] = json!(node_port);
     }
+    let external = type_ != "ClusterIP";
     let ingress = if type_ == "LoadBalancer" {
         json!([{"ip": "198.51.100.10"}])
     } else {
         json!([])
     };
-    json!({
+    let mut service = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {
             "name": name, "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "Helm"},
             "managedFields": [{"manager": "helm", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:ports": {}, "f:selector": {}}}}]
         },
-        "spec": {"type": type_, "selector": selector, "ports": [port_spec], "clusterIP": "10.96.0.10", "sessionAffinity": "None", "externalTrafficPolicy": "Cluster"},
+        "spec": {"type": type_, "selector": selector, "ports": [port_spec], "clusterIP": "10.96.0.10", "sessionAffinity": "None"},
         "status": {"loadBalancer": {"ingress": ingress}}
-    })
+    });
+    if external {
+        service["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    }
+    service
 }
