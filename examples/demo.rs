@@ -7,9 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, PostParams};
 use support::chart::*;
 use support::control_plane::ControlPlane;
 use support::*;
@@ -54,44 +51,12 @@ async fn main() {
     .await;
     let ns = "memgraph";
     namespace(&client, ns).await;
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let image = "memgraph/memgraph:3.2.1";
-    let mut instances = Vec::new();
-    for id in 1..=3 {
-        let name = format!("memgraph-coordinator-{id}");
-        services
-            .create(
-                &PostParams::default(),
-                &external_service(&name, "NodePort", &[7687]),
-            )
+    let instances: Vec<String> =
+        create_chart_cluster(&client, ns, "memgraph/memgraph:3.2.1", "NodePort")
             .await
-            .expect("service");
-        sets.create(
-            &PostParams::default(),
-            &chart_statefulset(&name, "coordinator", image, &coordinator_args(id, ns)),
-        )
-        .await
-        .expect("statefulset");
-        instances.push(name);
-    }
-    for id in 0..=1 {
-        let name = format!("memgraph-data-{id}");
-        services
-            .create(
-                &PostParams::default(),
-                &external_service(&name, "NodePort", &[7687]),
-            )
-            .await
-            .expect("service");
-        sets.create(
-            &PostParams::default(),
-            &chart_statefulset(&name, "data", image, &data_args()),
-        )
-        .await
-        .expect("statefulset");
-        instances.push(name);
-    }
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
 
     println!();
     println!(

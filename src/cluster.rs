@@ -255,49 +255,78 @@ impl SharedCluster {
             client: Some(client.clone()),
             ..Self::default()
         };
-        tokio::spawn(watch_services(
-            Api::<Service>::all(client.clone()),
-            shared.clone(),
-        ));
-        tokio::spawn(watch_nodes(Api::<Node>::all(client), shared.clone()));
+        tokio::spawn(watch(Api::<Service>::all(client.clone()), shared.clone()));
+        tokio::spawn(watch(Api::<Node>::all(client), shared.clone()));
         shared
     }
 }
 
-async fn watch_services(api: Api<Service>, shared: SharedCluster) {
-    use kube::runtime::WatchStreamExt;
-    let mut initial = Vec::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => initial.clear(),
-            Ok(Event::InitApply(svc)) => initial.extend(ServiceView::from_service(&svc)),
-            Ok(Event::InitDone) => {
-                let count = initial.len();
-                shared
-                    .write()
-                    .replace_all_services(std::mem::take(&mut initial));
-                shared.services_listed.store(true, Ordering::Release);
-                tracing::info!(services = count, "Services listed");
-            }
-            Ok(Event::Apply(svc)) => {
-                if let Some(view) = ServiceView::from_service(&svc) {
-                    shared.write().upsert_service(view);
-                }
-            }
-            Ok(Event::Delete(svc)) => {
-                if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
-                    shared.write().remove_service(ns, name);
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "Service watch error; retrying"),
+/// How one kind of object is kept in the view: reduced to what the decision reads at once,
+/// so the cache never holds managedFields or status it does not use.
+trait Cached:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+    type View: Send;
+    const KIND: &'static str;
+    fn view(&self) -> Option<Self::View>;
+    fn replace_all(state: &mut ClusterState, views: Vec<Self::View>);
+    fn upsert(state: &mut ClusterState, view: Self::View);
+    fn remove(&self, state: &mut ClusterState);
+    fn listed(shared: &SharedCluster) -> &AtomicBool;
+}
+
+impl Cached for Service {
+    type View = ServiceView;
+    const KIND: &'static str = "Services";
+    fn view(&self) -> Option<ServiceView> {
+        ServiceView::from_service(self)
+    }
+    fn replace_all(state: &mut ClusterState, views: Vec<ServiceView>) {
+        state.replace_all_services(views);
+    }
+    fn upsert(state: &mut ClusterState, view: ServiceView) {
+        state.upsert_service(view);
+    }
+    fn remove(&self, state: &mut ClusterState) {
+        if let (Some(ns), Some(name)) = (&self.metadata.namespace, &self.metadata.name) {
+            state.remove_service(ns, name);
         }
+    }
+    fn listed(shared: &SharedCluster) -> &AtomicBool {
+        &shared.services_listed
     }
 }
 
-async fn watch_nodes(api: Api<Node>, shared: SharedCluster) {
+impl Cached for Node {
+    type View = NodeView;
+    const KIND: &'static str = "Nodes";
+    fn view(&self) -> Option<NodeView> {
+        NodeView::from_node(self)
+    }
+    fn replace_all(state: &mut ClusterState, views: Vec<NodeView>) {
+        state.replace_all_nodes(views);
+    }
+    fn upsert(state: &mut ClusterState, view: NodeView) {
+        state.upsert_node(view);
+    }
+    fn remove(&self, state: &mut ClusterState) {
+        if let Some(name) = &self.metadata.name {
+            state.remove_node(name);
+        }
+    }
+    fn listed(shared: &SharedCluster) -> &AtomicBool {
+        &shared.nodes_listed
+    }
+}
+
+/// One watch: a (re)list replaces the kind's objects wholesale once complete, then events
+/// update them one by one. Errors are retried with the watcher's backoff.
+async fn watch<K: Cached>(api: Api<K>, shared: SharedCluster) {
     use kube::runtime::WatchStreamExt;
     let mut initial = Vec::new();
     let mut stream = watcher::watcher(api, watcher::Config::default())
@@ -306,26 +335,20 @@ async fn watch_nodes(api: Api<Node>, shared: SharedCluster) {
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => initial.clear(),
-            Ok(Event::InitApply(node)) => initial.extend(NodeView::from_node(&node)),
+            Ok(Event::InitApply(obj)) => initial.extend(obj.view()),
             Ok(Event::InitDone) => {
                 let count = initial.len();
-                shared
-                    .write()
-                    .replace_all_nodes(std::mem::take(&mut initial));
-                shared.nodes_listed.store(true, Ordering::Release);
-                tracing::info!(nodes = count, "Nodes listed");
+                K::replace_all(&mut shared.write(), std::mem::take(&mut initial));
+                K::listed(&shared).store(true, Ordering::Release);
+                tracing::info!(kind = K::KIND, count, "listed");
             }
-            Ok(Event::Apply(node)) => {
-                if let Some(view) = NodeView::from_node(&node) {
-                    shared.write().upsert_node(view);
+            Ok(Event::Apply(obj)) => {
+                if let Some(view) = obj.view() {
+                    K::upsert(&mut shared.write(), view);
                 }
             }
-            Ok(Event::Delete(node)) => {
-                if let Some(name) = &node.metadata.name {
-                    shared.write().remove_node(name);
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "Node watch error; retrying"),
+            Ok(Event::Delete(obj)) => obj.remove(&mut shared.write()),
+            Err(err) => tracing::warn!(kind = K::KIND, error = %err, "watch error; retrying"),
         }
     }
 }

@@ -113,44 +113,7 @@ async fn against_a_real_control_plane() {
 async fn nodeport_cluster(client: &Client) {
     let ns = "e2e-nodeport";
     namespace(client, ns).await;
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let image = "memgraph/memgraph:3.2.1";
-    let mut expected = Vec::new();
-    for id in 1..=3 {
-        let name = format!("memgraph-coordinator-{id}");
-        services
-            .create(
-                &PostParams::default(),
-                &external_service(&name, "NodePort", &[7687]),
-            )
-            .await
-            .unwrap();
-        sets.create(
-            &PostParams::default(),
-            &chart_statefulset(&name, "coordinator", image, &coordinator_args(id, ns)),
-        )
-        .await
-        .unwrap();
-        expected.push((name, coordinator_args(id, ns)));
-    }
-    for id in 0..=1 {
-        let name = format!("memgraph-data-{id}");
-        services
-            .create(
-                &PostParams::default(),
-                &external_service(&name, "NodePort", &[7687]),
-            )
-            .await
-            .unwrap();
-        sets.create(
-            &PostParams::default(),
-            &chart_statefulset(&name, "data", image, &data_args()),
-        )
-        .await
-        .unwrap();
-        expected.push((name, data_args()));
-    }
+    let expected = create_chart_cluster(client, ns, "memgraph/memgraph:3.2.1", "NodePort").await;
     for (name, original_args) in expected {
         let pod = wait_pod(client, ns, &format!("{name}-0")).await;
         let port = node_port(client, ns, &format!("{name}-external")).await;

@@ -256,3 +256,41 @@ pub async fn register_webhook(client: &Client, webhook: &Webhook) {
     )
     .await;
 }
+
+/// The HA chart's instances (coordinators 1-3, data 0-1), each a StatefulSet with its
+/// `-external` Service of `service_type`, created in `ns`. Returns (instance, args).
+pub async fn create_chart_cluster(
+    client: &Client,
+    ns: &str,
+    image: &str,
+    service_type: &str,
+) -> Vec<(String, Vec<String>)> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let coordinators = (1..=3).map(|id| {
+        (
+            format!("memgraph-coordinator-{id}"),
+            "coordinator",
+            coordinator_args(id, ns),
+        )
+    });
+    let data = (0..=1).map(|id| (format!("memgraph-data-{id}"), "data", data_args()));
+    let mut created = Vec::new();
+    for (name, role, args) in coordinators.chain(data) {
+        services
+            .create(
+                &PostParams::default(),
+                &external_service(&name, service_type, &[7687]),
+            )
+            .await
+            .expect("external Service");
+        sets.create(
+            &PostParams::default(),
+            &chart_statefulset(&name, role, image, &args),
+        )
+        .await
+        .expect("StatefulSet");
+        created.push((name, args));
+    }
+    created
+}
