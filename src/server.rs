@@ -184,10 +184,11 @@ fn decide_guarded(
     app: &AppState,
     request: &review::AdmissionRequest<'_>,
 ) -> Option<decision::Decision> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decision::decide(request, &app.cluster.read(), &app.config)
-    }))
-    .ok()
+    guarded(|| decision::decide(request, &app.cluster.read(), &app.config))
+}
+
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
 fn panicked(app: &AppState) -> Response {
@@ -343,4 +344,29 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_decision_answers_500_and_is_counted() {
+        let app = AppState::new(
+            SharedCluster::fixed(Default::default()),
+            Config::default(),
+            Duration::from_secs(1),
+            4,
+        );
+        assert_eq!(guarded(|| 7), Some(7));
+        let caught: Option<()> = guarded(|| panic!("a bug in the decision"));
+        assert!(caught.is_none());
+        let response = panicked(&app);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let metrics = app.metrics.render(0, 0, true, None);
+        assert!(
+            metrics.contains("memgraph_address_injector_handler_panics_total 1"),
+            "{metrics}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -100,6 +101,7 @@ async fn against_a_real_control_plane() {
     apiserver_restart(&client, &mut plane, &webhook).await;
     eprintln!("API server restart passed in {:.1?}", outage.elapsed());
     audit_annotations_recorded(&plane);
+    rotation_through_the_api_server(&client, &webhook).await;
     // Last: it stops the webhook.
     webhook_down(&client, &mut webhook).await;
     eprintln!(
@@ -622,4 +624,79 @@ async fn webhook_down(client: &Client, webhook: &mut Webhook) {
     let _ = pods
         .delete("other-while-down", &DeleteParams::default())
         .await;
+}
+
+/// Certificate rotation under load, with the API server as the client: while pods are
+/// admitted through the webhook, its certificate files are replaced (the caBundle already
+/// trusts the old and the new CA, as during a real CA rollover). No admission fails.
+async fn rotation_through_the_api_server(client: &Client, webhook: &Webhook) {
+    use base64::Engine;
+    let next = webhook.certs.parent().unwrap().join("rotated-certs");
+    gen_certs(&next, &["127.0.0.1"]);
+    let mut bundle = webhook.ca_pem();
+    bundle.extend(std::fs::read(next.join("ca.crt")).unwrap());
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let patch = json!({"webhooks": [{"name": "bolt-address.memgraph-address-injector.io",
+        "clientConfig": {"url": webhook.url("/mutate"), "caBundle": base64::engine::general_purpose::STANDARD.encode(&bundle)}}]});
+    configs
+        .patch(
+            "memgraph-address-injector",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+        .expect("caBundle with both CAs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (client, stop) = (client.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let pod = memgraph_pod(&format!("rotation-{worker}"), json!({}));
+                let (status, _, body) = create_pod_raw(&client, "e2e-nodeport", &pod, true).await;
+                let mutated = body
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(ADDRESS))
+                    .is_some();
+                if status == 201 && mutated {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{status}: {body}"));
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for file in ["tls.crt", "tls.key"] {
+        std::fs::copy(next.join(file), webhook.certs.join(file)).unwrap();
+    }
+    let new_ca = next.join("ca.crt");
+    let url = webhook.url("/mutate");
+    wait_for(
+        Duration::from_secs(10),
+        "the rotated certificate to be served",
+        || async {
+            let client = https_client(&std::fs::read(&new_ca).unwrap());
+            client.get(&url).send().await.ok().map(|_| ())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "rotation through the API server: {ok} pods admitted and mutated, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 10, "{ok}");
 }
