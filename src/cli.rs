@@ -161,6 +161,10 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "MAI_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds between SIGTERM and closing the listener: /readyz fails at once so that the
+    /// Service stops routing here, and requests that still arrive are answered.
+    #[arg(long, env = "MAI_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    pub shutdown_delay_seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             cert_poll: Duration::from_secs(args.cert_poll_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
             header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
         },
         app,

@@ -41,6 +41,9 @@ pub struct ServeOptions {
     /// How often the certificate files are compared with what is served.
     pub cert_poll: Duration,
     pub shutdown_grace: Duration,
+    /// Time between SIGTERM (readiness fails) and closing the listener, so that endpoints
+    /// stop sending new requests here first.
+    pub shutdown_delay: Duration,
     pub header_read_timeout: Duration,
 }
 
@@ -57,6 +60,9 @@ pub struct AppState {
     pub max_in_flight: usize,
     /// Set once `serve` has loaded the certificate.
     pub serving: Option<Arc<crate::tls::ServingCert>>,
+    /// Set on SIGTERM: /readyz fails so that the Service stops routing here, while the
+    /// server keeps answering for the shutdown delay.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -74,6 +80,7 @@ impl AppState {
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             max_in_flight,
             serving: None,
+            draining: Arc::default(),
         }
     }
 }
@@ -106,9 +113,25 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
             "the request must have Content-Type: application/json (an AdmissionReview)".into(),
         );
     }
-    let body = match axum::body::to_bytes(request.into_body(), BODY_LIMIT).await {
-        Ok(body) => body,
-        Err(err) => {
+    // The header timeout does not cover the body: a client trickling it would hold an
+    // in-flight slot for ever, so the body shares the request's budget.
+    let read = tokio::time::timeout(
+        app.request_budget,
+        axum::body::to_bytes(request.into_body(), BODY_LIMIT),
+    );
+    let body = match read.await {
+        Err(_) => {
+            app.metrics.record_bad_request("body_timeout");
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    app.request_budget
+                ),
+            );
+        }
+        Ok(Ok(body)) => body,
+        Ok(Err(err)) => {
             let too_large = std::error::Error::source(&err)
                 .is_some_and(|s| s.to_string().contains("length limit"));
             if too_large {
@@ -212,6 +235,12 @@ async fn livez() -> &'static str {
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
+    if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down".into(),
+        );
+    }
     if !app.cluster.is_ready() {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -292,8 +321,16 @@ pub async fn serve(options: ServeOptions, mut app: AppState) -> Result<(), Serve
     {
         let handle = handle.clone();
         let grace = options.shutdown_grace;
+        let delay = options.shutdown_delay;
+        let draining = app.draining.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                ?delay,
+                "SIGTERM: readiness failing, still serving while endpoints update"
+            );
+            tokio::time::sleep(delay).await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             handle.graceful_shutdown(Some(grace));
             let _ = stop_tx.send(true);

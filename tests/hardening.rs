@@ -516,3 +516,41 @@ async fn bounded_load_has_no_errors_and_bounded_memory() {
     assert!(ok > 100, "{ok}");
     assert!(hwm_kib < 64 * 1024, "peak RSS {hwm_kib} KiB");
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_times_out_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = start_webhook(
+        dir.path(),
+        &[
+            "--cluster-state",
+            &state_flag(),
+            "--max-in-flight",
+            "1",
+            "--request-budget-ms",
+            "500",
+        ],
+        &[],
+    );
+    let client = https_client(&webhook.ca_pem());
+    let url = webhook.url("/mutate");
+    let body = review_body();
+    let never = Arc::new(tokio::sync::Notify::new());
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(stalled_body(
+            body[..100].to_vec(),
+            body[100..].to_vec(),
+            never,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(response.text().await.unwrap().contains("did not arrive"));
+    assert!(
+        ok_review(&client, &url, &body).await,
+        "the slot was not freed"
+    );
+}

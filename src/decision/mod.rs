@@ -35,6 +35,27 @@ pub enum OnPending {
     Allow,
 }
 
+/// Memgraph's own flags that decide where it listens, who it is in the cluster and where it
+/// keeps data (shared/memgraph-ha.md, "HA flags"); `--coordinator-flag` must not set them.
+const MEMGRAPH_FLAGS: &[&str] = &[
+    "management-port",
+    "coordinator-port",
+    "coordinator-id",
+    "coordinator-hostname",
+    "nuraft-log-file",
+    "ha-durability",
+    "instance-down-timeout-sec",
+    "instance-health-check-frequency-sec",
+    "replication-port",
+    "data-directory",
+    "log-file",
+    "log-level",
+    "also-log-to-stderr",
+    "flag-file",
+    "monitoring-port",
+    "metrics-port",
+];
+
 /// `--coordinator-flag`: one `--name=value` token with `{address}`, `{host}`, `{port}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlagTemplate {
@@ -50,6 +71,8 @@ pub enum ConfigError {
     InvalidEnvName(String),
     #[error("--coordinator-flag {0:?} must be one token of the form --name=value, with {{address}}, {{host}} or {{port}} in the value")]
     InvalidFlagTemplate(String),
+    #[error("--coordinator-flag may not set --{0}: Memgraph reads that flag itself, and the webhook only changes Memgraph's own flags under the checks described in README (what is injected, by Memgraph version)")]
+    MemgraphFlag(String),
     #[error("--node-address-types needs at least one address type, such as ExternalIP")]
     NoNodeAddressTypes,
 }
@@ -66,8 +89,12 @@ impl FlagTemplate {
         if !valid_name || value.contains(char::is_whitespace) {
             return Err(bad());
         }
+        let name = name.replace('_', "-");
+        if MEMGRAPH_FLAGS.contains(&name.as_str()) || name.starts_with("bolt-") {
+            return Err(ConfigError::MemgraphFlag(name));
+        }
         Ok(Self {
-            name: name.replace('_', "-"),
+            name,
             value: value.to_string(),
         })
     }
@@ -390,7 +417,14 @@ fn hostname_rewrite_blocker(
         ("coordinator", mg.coordinator_port),
         ("management", mg.management_port),
     ] {
-        let Some(port) = port else { continue };
+        // Unknown here when it comes from a flag file (MEMGRAPH_CONFIG, memgraph.conf): then we
+        // cannot prove the Service carries it, so we must not point Raft traffic at it.
+        let Some(port) = port else {
+            return Some(format!(
+                "the {what} port is not on the command line (or in the coordination variables), so it cannot be checked against Service {}; set --{what}-port explicitly",
+                service.name
+            ));
+        };
         let exposed = service.ports.iter().any(|p| {
             service::port_reaches(p, port, pod) && address::external_port(service, p) == Some(port)
         });
@@ -406,7 +440,7 @@ fn hostname_rewrite_blocker(
         .contains_key("statefulset.kubernetes.io/pod-name")
         || pod
             .owning_statefulset()
-            .is_some_and(|o| service.name.starts_with(o));
+            .is_some_and(|o| service::named_after(&service.name, o));
     if !own {
         return Some(format!(
             "Service {} is not this coordinator's own Service (its selector is not pod-specific and its name does not start with the StatefulSet's), so Raft traffic for this coordinator could reach another one",

@@ -36,6 +36,15 @@ pub enum ServiceChoice<'c> {
     NamedUnqualified(String, Unqualified),
 }
 
+/// `memgraph-coordinator-1-external` is named after `memgraph-coordinator-1`;
+/// `memgraph-coordinator-10-external` is not.
+pub fn named_after(service: &str, statefulset: &str) -> bool {
+    service == statefulset
+        || service
+            .strip_prefix(statefulset)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
 /// Does this Service port deliver traffic to `container_port` of the pod?
 pub fn port_reaches(port: &ServicePortView, container_port: i32, pod: &Pod<'_>) -> bool {
     if port.protocol != "TCP" {
@@ -109,7 +118,7 @@ pub fn choose<'c>(
         (
             svc.selector.len(),
             svc.selector.contains_key(POD_NAME_LABEL),
-            owner.is_some_and(|o| svc.name.starts_with(o)),
+            owner.is_some_and(|o| named_after(&svc.name, o)),
         )
     };
     let mut best: Option<(&ServiceView, &ServicePortView)> = None;

@@ -694,3 +694,60 @@ fn structs_given_as_arrays_are_unreadable_not_patched() {
         assert!(decision.patch.is_empty());
     }
 }
+
+#[test]
+fn hostname_is_not_rewritten_when_a_coordination_port_is_not_on_the_command_line() {
+    // Found in review: with --coordinator-port in a flag file, the Service could not be
+    // checked for it.
+    let mut pod = pod_value("pods/coordinator-2.22.yaml");
+    let args = pod["spec"]["containers"][0]["args"].as_array_mut().unwrap();
+    args.retain(|a| !a.as_str().unwrap().starts_with("--coordinator-port"));
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "MEMGRAPH_CONFIG", "value": "/etc/memgraph/extra.conf"}]);
+    let r = run_with(pod, &state("loadbalancer.json"), &Config::default());
+    assert!(
+        r.args().iter().any(|a| a.ends_with("svc.cluster.local")),
+        "{:?}",
+        r.args()
+    );
+    assert!(
+        r.warned("coordinator port is not on the command line"),
+        "{:?}",
+        r.decision.warnings
+    );
+}
+
+#[test]
+fn coordinator_flag_may_not_set_memgraphs_own_flags() {
+    for flag in [
+        "--bolt-port={port}",
+        "--coordinator-hostname={host}",
+        "--coordinator_id=1",
+        "--bolt-address={host}",
+    ] {
+        assert!(
+            matches!(FlagTemplate::parse(flag), Err(ConfigError::MemgraphFlag(_))),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn a_longer_statefulset_name_is_not_the_owner() {
+    assert!(service::named_after(
+        "memgraph-coordinator-1-external",
+        "memgraph-coordinator-1"
+    ));
+    assert!(service::named_after(
+        "memgraph-coordinator-1",
+        "memgraph-coordinator-1"
+    ));
+    assert!(!service::named_after(
+        "memgraph-coordinator-10-external",
+        "memgraph-coordinator-1"
+    ));
+    assert!(!service::named_after(
+        "memgraph-coordinator-1x",
+        "memgraph-coordinator-1"
+    ));
+}
