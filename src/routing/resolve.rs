@@ -216,54 +216,71 @@ impl RoutingCluster {
                     (pod, labels, name.clone())
                 }
             };
-        if let Some(address) = pod.and_then(|p| p.annotations.get(ADDRESS_ANNOTATION)) {
-            let pod = pod.map(|p| p.name.as_str()).unwrap_or_default();
-            return External::Found {
-                address: address.clone(),
-                source: format!("pod {namespace}/{pod} annotation {ADDRESS_ANNOTATION}"),
-            };
-        }
-        if labels.is_empty() {
-            return External::Unknown(format!(
-                "{target:?} has no labels or selector to find the Service that exposes it"
-            ));
-        }
-        // The most specific exposing Service, as the webhook ranks them: most selector
-        // labels, then a name starting with the instance's (the chart's `-external`).
-        let mut best: Option<(&ServiceView, &ServicePortView)> = None;
-        for svc in self.state.services_in(namespace) {
-            let exposes = matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
-                && !svc.headless
-                && !svc.selector.is_empty()
-                && svc.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-            let Some(port) = svc.ports.iter().find(|p| exposes && reaches(p, bolt_port)) else {
-                continue;
-            };
-            let rank = |s: &ServiceView| (s.selector.len(), s.name.starts_with(&owner_prefix));
-            if best.is_none_or(|(b, _)| rank(svc) > rank(b)) {
-                best = Some((svc, port));
+        // The Service is the current truth (a LoadBalancer IP or the nodes may have changed
+        // since the pod was created); the pod's annotation, written once at admission, is
+        // the fallback. Anyone who may patch pods can edit it, so it never wins.
+        let annotated = pod.and_then(|p| {
+            p.annotations
+                .get(ADDRESS_ANNOTATION)
+                .map(|a| (p.name.clone(), a.clone()))
+        });
+        #[allow(clippy::redundant_closure_call)]
+        let from_services = (|| -> External {
+            if labels.is_empty() {
+                return External::Unknown(format!(
+                    "{target:?} has no labels or selector to find the Service that exposes it"
+                ));
             }
-        }
-        let Some((svc, port)) = best else {
-            return External::Unknown(format!(
+            // The most specific exposing Service, as the webhook ranks them: most selector
+            // labels, then a name starting with the instance's (the chart's `-external`).
+            let mut best: Option<(&ServiceView, &ServicePortView)> = None;
+            for svc in self.state.services_in(namespace) {
+                let exposes =
+                    matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
+                        && !svc.headless
+                        && !svc.selector.is_empty()
+                        && svc.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+                let Some(port) = svc.ports.iter().find(|p| exposes && reaches(p, bolt_port)) else {
+                    continue;
+                };
+                let rank = |s: &ServiceView| (s.selector.len(), s.name.starts_with(&owner_prefix));
+                if best.is_none_or(|(b, _)| rank(svc) > rank(b)) {
+                    best = Some((svc, port));
+                }
+            }
+            let Some((svc, port)) = best else {
+                return External::Unknown(format!(
                 "no NodePort or LoadBalancer Service in {namespace} exposes port {bolt_port} of {}",
                 match target {
                     Target::Pod { name, .. } => format!("pod {name}"),
                     Target::Service { name, .. } => format!("the pods of Service {name}"),
                 }
             ));
-        };
-        match address::resolve(&self.state, svc, port, &self.node_address_types) {
-            Resolution::Resolved(ext) => External::Found {
-                address: ext.address(),
-                source: format!(
-                    "Service {}/{}, {}",
-                    svc.namespace,
-                    svc.name,
-                    ext.source.describe()
-                ),
+            };
+            match address::resolve(&self.state, svc, port, &self.node_address_types) {
+                Resolution::Resolved(ext) => External::Found {
+                    address: ext.address(),
+                    source: format!(
+                        "Service {}/{}, {}",
+                        svc.namespace,
+                        svc.name,
+                        ext.source.describe()
+                    ),
+                },
+                Resolution::Pending(why) => External::Unknown(why),
+            }
+        })();
+        match (from_services, annotated) {
+            (External::Found { address, source }, Some((pod, annotation))) if annotation != address => External::Found {
+                source: format!("{source}; pod {pod}'s annotation {ADDRESS_ANNOTATION} says {annotation}, set at its creation and now out of date"),
+                address,
             },
-            Resolution::Pending(why) => External::Unknown(why),
+            (found @ External::Found { .. }, _) => found,
+            (External::Unknown(why), Some((pod, annotation))) => External::Found {
+                address: annotation,
+                source: format!("pod {namespace}/{pod} annotation {ADDRESS_ANNOTATION} (no current Service address: {why})"),
+            },
+            (unknown, None) => unknown,
         }
     }
 }
@@ -404,7 +421,7 @@ status: {podIP: 10.244.0.10}
     }
 
     #[test]
-    fn the_pods_injected_annotation_comes_first() {
+    fn the_pods_annotation_is_the_fallback_when_no_service_exposes_it() {
         let c = cluster(CHART);
         let External::Found { address, source } = c.external_for(&svc("memgraph-data-0"), 7687)
         else {
@@ -412,6 +429,27 @@ status: {podIP: 10.244.0.10}
         };
         assert_eq!(address, "data0.example.com:7687");
         assert!(source.contains("annotation"), "{source}");
+    }
+
+    #[test]
+    fn the_current_service_beats_a_stale_annotation() {
+        // Found in review: the annotation is written once at admission (and editable by anyone
+        // who may patch pods), so an address that changed since must come from the Service.
+        let stale = CHART.replace(
+            "  labels: {app: memgraph-coordinator-1, role: coordinator}",
+            "  labels: {app: memgraph-coordinator-1, role: coordinator}\n  annotations: {memgraph-address-injector/bolt-address: \"203.0.113.99:30011\"}",
+        );
+        let c = cluster(&stale);
+        let External::Found { address, source } =
+            c.external_for(&svc("memgraph-coordinator-1"), 7687)
+        else {
+            panic!("not found")
+        };
+        assert_eq!(address, "203.0.113.5:30011");
+        assert!(
+            source.contains("out of date") && source.contains("203.0.113.99:30011"),
+            "{source}"
+        );
     }
 
     #[test]
