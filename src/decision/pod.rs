@@ -23,21 +23,48 @@ pub struct Pod<'a> {
 }
 
 /// serde's derived structs also accept a JSON array (fields by position); the patch paths
-/// we emit need real objects where we write, so those places must be objects.
+/// we emit need real objects where we write, so those places must be JSON objects. `MapOnly`
+/// asks the JSON deserializer for a map where a struct is wanted: an array is then an error,
+/// in the same single pass over the bytes.
+struct MapOnly<D>(D);
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(deserializer)).map(Object)
+    }
+}
+
 fn object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    use serde::de::Error;
-    let raw: Option<&'de serde_json::value::RawValue> = Deserialize::deserialize(deserializer)?;
-    match raw.map(|r| r.get()) {
-        None | Some("null") => Ok(None),
-        Some(text) if text.starts_with('{') => serde_json::from_str(text)
-            .map(Some)
-            .map_err(D::Error::custom),
-        Some(_) => Err(D::Error::custom("expected a JSON object")),
-    }
+    Ok(Option::<Object<T>>::deserialize(deserializer)?.map(|o| o.0))
 }
 
 fn objects<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
@@ -45,21 +72,8 @@ where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    use serde::de::Error;
-    let raw: Option<Vec<&'de serde_json::value::RawValue>> =
-        Deserialize::deserialize(deserializer)?;
-    raw.map(|items| {
-        items
-            .into_iter()
-            .map(|item| match item.get() {
-                text if text.starts_with('{') => {
-                    serde_json::from_str(text).map_err(D::Error::custom)
-                }
-                _ => Err(D::Error::custom("expected a JSON object")),
-            })
-            .collect()
-    })
-    .transpose()
+    Ok(Option::<Vec<Object<T>>>::deserialize(deserializer)?
+        .map(|items| items.into_iter().map(|o| o.0).collect()))
 }
 
 #[derive(Debug, Default, Deserialize)]
