@@ -188,6 +188,9 @@ pub struct SharedCluster {
     state: Arc<RwLock<ClusterState>>,
     services_listed: Arc<AtomicBool>,
     nodes_listed: Arc<AtomicBool>,
+    /// Watch errors since start: readiness stays true on them (decisions from a slightly
+    /// stale cache beat refusing every Memgraph pod), so this is how staleness shows.
+    watch_errors: Arc<std::sync::atomic::AtomicU64>,
     client: Option<Client>,
 }
 
@@ -199,6 +202,7 @@ impl SharedCluster {
             services_listed: Arc::new(AtomicBool::new(true)),
             nodes_listed: Arc::new(AtomicBool::new(true)),
             client: None,
+            ..Self::default()
         }
     }
 
@@ -213,6 +217,10 @@ impl SharedCluster {
 
     pub fn is_ready(&self) -> bool {
         self.services_listed.load(Ordering::Acquire) && self.nodes_listed.load(Ordering::Acquire)
+    }
+
+    pub fn watch_errors(&self) -> u64 {
+        self.watch_errors.load(Ordering::Relaxed)
     }
 
     pub fn is_live(&self) -> bool {
@@ -348,7 +356,10 @@ async fn watch<K: Cached>(api: Api<K>, shared: SharedCluster) {
                 }
             }
             Ok(Event::Delete(obj)) => obj.remove(&mut shared.write()),
-            Err(err) => tracing::warn!(kind = K::KIND, error = %err, "watch error; retrying"),
+            Err(err) => {
+                shared.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(kind = K::KIND, error = %err, "watch error; retrying");
+            }
         }
     }
 }

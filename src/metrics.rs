@@ -13,6 +13,15 @@ const BUCKETS: [f64; 12] = [
     1.0,
 ];
 
+/// The cluster view's figures, read at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheStats {
+    pub services: usize,
+    pub nodes: usize,
+    pub ready: bool,
+    pub watch_errors: u64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
@@ -61,13 +70,13 @@ impl Metrics {
         self.live_lists.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(
-        &self,
-        services: usize,
-        nodes: usize,
-        ready: bool,
-        serving: Option<&crate::tls::ServingCert>,
-    ) -> String {
+    pub fn render(&self, cache: &CacheStats, serving: Option<&crate::tls::ServingCert>) -> String {
+        let CacheStats {
+            services,
+            nodes,
+            ready,
+            watch_errors,
+        } = *cache;
         let mut out = String::new();
         out.push_str("# HELP memgraph_address_injector_admission_requests_total Admission reviews answered, by decision result and Memgraph role.\n");
         out.push_str("# TYPE memgraph_address_injector_admission_requests_total counter\n");
@@ -165,6 +174,12 @@ impl Metrics {
                 serving.reload_errors()
             );
         }
+        out.push_str("# HELP memgraph_address_injector_watch_errors_total Errors of the Service and Node watches (each retried with backoff); a rising count means the cache may be stale.\n");
+        out.push_str("# TYPE memgraph_address_injector_watch_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "memgraph_address_injector_watch_errors_total {watch_errors}"
+        );
         out.push_str("# HELP memgraph_address_injector_ready Whether the cluster view has been listed once.\n");
         out.push_str("# TYPE memgraph_address_injector_ready gauge\n");
         let _ = writeln!(out, "memgraph_address_injector_ready {}", u8::from(ready));

@@ -261,18 +261,18 @@ async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let (services, nodes) = {
+    let cache = {
         let state = app.cluster.read();
-        (state.service_count(), state.node_count())
+        crate::metrics::CacheStats {
+            services: state.service_count(),
+            nodes: state.node_count(),
+            ready: app.cluster.is_ready(),
+            watch_errors: app.cluster.watch_errors(),
+        }
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(
-            services,
-            nodes,
-            app.cluster.is_ready(),
-            app.serving.as_deref(),
-        ),
+        app.metrics.render(&cache, app.serving.as_deref()),
     )
         .into_response()
 }
@@ -400,7 +400,7 @@ mod tests {
         assert!(caught.is_none());
         let response = panicked(&app);
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let metrics = app.metrics.render(0, 0, true, None);
+        let metrics = app.metrics.render(&Default::default(), None);
         assert!(
             metrics.contains("memgraph_address_injector_handler_panics_total 1"),
             "{metrics}"

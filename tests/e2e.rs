@@ -575,6 +575,22 @@ async fn apiserver_restart(client: &Client, plane: &mut ControlPlane, webhook: &
         env_value(&created, ENV),
         Some(format!("203.0.113.10:{port}"))
     );
+    // The outage showed in the watch error counter (readiness stayed true by design).
+    let text = reqwest::get(webhook.health_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("memgraph_address_injector_watch_errors_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("watch error counter");
+    assert!(
+        errors > 0,
+        "the outage left no trace in the watch error counter"
+    );
     assert_eq!(
         live_lists().await,
         lists_before,
