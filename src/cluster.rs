@@ -242,7 +242,10 @@ impl SharedCluster {
                     .iter()
                     .filter_map(ServiceView::from_service)
                     .collect();
-                self.write().replace_namespace(namespace, views);
+                let version = crate::decision::view::resource_version(
+                    list.metadata.resource_version.as_deref(),
+                );
+                self.write().merge_namespace_list(namespace, views, version);
                 true
             }
             Ok(Err(err)) => {

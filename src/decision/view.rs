@@ -65,6 +65,9 @@ pub struct LoadBalancerIngress {
 pub struct ServiceView {
     pub namespace: String,
     pub name: String,
+    /// `metadata.resourceVersion` as a number (etcd's revision); 0 when unknown (state files).
+    /// Lets a live list and the watch merge without the older copy winning.
+    pub resource_version: u64,
     pub type_: ServiceType,
     /// `clusterIP: None`: a headless Service never matches.
     pub headless: bool,
@@ -128,6 +131,7 @@ impl ServiceView {
         Some(Self {
             namespace,
             name,
+            resource_version: resource_version(meta.resource_version.as_deref()),
             type_: ServiceType::parse(spec.and_then(|s| s.type_.as_deref())),
             headless: spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None"),
             selector: spec
@@ -185,6 +189,10 @@ impl NodeView {
     }
 }
 
+pub fn resource_version(text: Option<&str>) -> u64 {
+    text.and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
 /// Services indexed by namespace (then name) and Nodes by name: a lookup touches one
 /// namespace, never the whole cluster.
 #[derive(Clone, Debug, Default)]
@@ -210,11 +218,16 @@ impl ClusterState {
         self.nodes.values()
     }
 
+    /// Inserts or replaces a Service, unless the cache already holds a newer copy of it.
     pub fn upsert_service(&mut self, svc: ServiceView) {
-        self.services
-            .entry(svc.namespace.clone())
-            .or_default()
-            .insert(svc.name.clone(), svc);
+        let namespace = self.services.entry(svc.namespace.clone()).or_default();
+        match namespace.get(&svc.name) {
+            Some(cached)
+                if svc.resource_version != 0 && cached.resource_version > svc.resource_version => {}
+            _ => {
+                namespace.insert(svc.name.clone(), svc);
+            }
+        }
     }
 
     pub fn remove_service(&mut self, namespace: &str, name: &str) {
@@ -226,13 +239,28 @@ impl ClusterState {
         }
     }
 
-    /// Replace one namespace's Services wholesale (a fresh live list of it).
-    pub fn replace_namespace(&mut self, namespace: &str, services: Vec<ServiceView>) {
-        let map: BTreeMap<_, _> = services.into_iter().map(|s| (s.name.clone(), s)).collect();
-        if map.is_empty() {
-            self.services.remove(namespace);
-        } else {
-            self.services.insert(namespace.to_string(), map);
+    /// Merges a live list of one namespace taken at `list_version`: listed Services are
+    /// upserted (a newer copy from the watch wins), and cached ones missing from the list are
+    /// dropped only if they are not newer than the list (a Service the watch delivered while
+    /// the list was in flight stays).
+    pub fn merge_namespace_list(
+        &mut self,
+        namespace: &str,
+        services: Vec<ServiceView>,
+        list_version: u64,
+    ) {
+        let listed: std::collections::BTreeSet<String> =
+            services.iter().map(|s| s.name.clone()).collect();
+        for svc in services {
+            self.upsert_service(svc);
+        }
+        if let Some(map) = self.services.get_mut(namespace) {
+            map.retain(|name, svc| {
+                listed.contains(name) || (list_version != 0 && svc.resource_version > list_version)
+            });
+            if map.is_empty() {
+                self.services.remove(namespace);
+            }
         }
     }
 
@@ -261,5 +289,53 @@ impl ClusterState {
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, rv: u64, port: i32) -> ServiceView {
+        ServiceView {
+            namespace: "ns".into(),
+            name: name.into(),
+            resource_version: rv,
+            type_: ServiceType::NodePort,
+            headless: false,
+            selector: BTreeMap::new(),
+            ports: vec![ServicePortView {
+                name: None,
+                protocol: "TCP".into(),
+                port,
+                target_port: None,
+                node_port: None,
+            }],
+            external_ips: vec![],
+            external_traffic_policy_local: false,
+            external_host_annotation: None,
+            external_dns_annotation: None,
+            ingress: vec![],
+        }
+    }
+
+    #[test]
+    fn a_live_list_never_overwrites_what_the_watch_delivered_meanwhile() {
+        let mut state = ClusterState::default();
+        state.upsert_service(svc("a", 10, 1));
+        state.upsert_service(svc("b", 12, 1));
+        state.upsert_service(svc("gone", 5, 1));
+        // The watch updated `a` (rv 20) and created `c` (rv 21) while a list taken at rv 15
+        // was in flight; the list has the old `a` and `b`, and no `gone`.
+        state.upsert_service(svc("a", 20, 2));
+        state.upsert_service(svc("c", 21, 1));
+        state.merge_namespace_list("ns", vec![svc("a", 10, 1), svc("b", 12, 1)], 15);
+        assert_eq!(state.service("ns", "a").unwrap().ports[0].port, 2);
+        assert!(state.service("ns", "b").is_some());
+        assert!(state.service("ns", "c").is_some());
+        assert!(state.service("ns", "gone").is_none());
+        // State files carry no versions: plain replacement.
+        state.upsert_service(svc("a", 0, 3));
+        assert_eq!(state.service("ns", "a").unwrap().ports[0].port, 3);
     }
 }
