@@ -87,6 +87,8 @@ async fn against_a_real_control_plane() {
 
     nodeport_cluster(&client).await;
     eprintln!("scenario 1 (NodePort, 3.x coordinators and data) passed");
+    routing_in_cluster(&client, &kubeconfig, dir.path()).await;
+    eprintln!("routing check/sync --in-cluster against the API server passed");
     pending_loadbalancer(&client).await;
     eprintln!("scenario 2 (pending LoadBalancer) passed");
     memgraph_222(&client).await;
@@ -715,4 +717,106 @@ async fn rotation_through_the_api_server(client: &Client, webhook: &Webhook) {
     );
     assert!(failed.is_empty(), "{failed:?}");
     assert!(ok > 10, "{ok}");
+}
+
+/// `routing check` and `routing sync --in-cluster` read Services, Pods and Nodes from the
+/// real API server: a Memgraph 3.8-like Bolt test server (tests/bolt_server) registered with
+/// the chart's in-cluster names for the e2e-nodeport cluster is checked, synced to the
+/// external addresses the API server's objects give, and checked again.
+async fn routing_in_cluster(client: &Client, kubeconfig: &str, dir: &std::path::Path) {
+    use std::io::BufRead;
+    let ns = "e2e-nodeport";
+    // The chart's internal headless Services, whose names the registrations use.
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let instances = [
+        "memgraph-coordinator-1",
+        "memgraph-coordinator-2",
+        "memgraph-coordinator-3",
+        "memgraph-data-0",
+        "memgraph-data-1",
+    ];
+    for name in instances {
+        let svc: Service = from(
+            json!({"metadata": {"name": name}, "spec": {"clusterIP": "None", "selector": {"app": name},
+            "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
+        );
+        services.create(&PostParams::default(), &svc).await.unwrap();
+    }
+    let table: Vec<Value> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let internal = |port: u16| format!("{name}.{ns}.svc.cluster.local:{port}");
+            let mut entry = json!({"listen": "127.0.0.1:0", "bolt_server": internal(7687), "management_server": internal(10000)});
+            if let Some(id) = name.strip_prefix("memgraph-coordinator-") {
+                entry["name"] = json!(format!("coordinator_{id}"));
+                entry["coordinator_server"] = json!(internal(12000));
+                entry["role"] = json!(if id == "1" { "leader" } else { "follower" });
+            } else {
+                entry["name"] = json!(format!("instance_{}", i - 3));
+                entry["role"] = json!(if i == 3 { "main" } else { "replica" });
+            }
+            entry
+        })
+        .collect();
+    let config = dir.join("routing-cluster.json");
+    std::fs::write(
+        &config,
+        json!({"ttl": 2, "version": "3.8.0", "bolt_versions": ["5.2", "4.3"], "instances": table,
+               "journal": dir.join("routing-journal.jsonl")})
+        .to_string(),
+    )
+    .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/bolt_server/memgraph_coordinator.py");
+    let mut server = ChildGuard {
+        child: std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 and the Bolt test server"),
+        name: "bolt-test-server".into(),
+    };
+    let mut first = String::new();
+    std::io::BufReader::new(server.child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let ready: Value = serde_json::from_str(&first).expect("the test server's listening line");
+    let bolt = ready["listening"]["coordinator_1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let routing = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("routing")
+            .args(args)
+            .args(["--bolt", &bolt, "--in-cluster", "--namespace", ns])
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = routing(&["check"]);
+    assert_eq!(code, Some(1), "{text}");
+    for name in instances {
+        let port = node_port(client, ns, &format!("{name}-external")).await;
+        assert!(
+            text.contains(&format!("203.0.113.10:{port}")),
+            "check does not suggest {name}'s external address:\n{text}"
+        );
+    }
+    let (code, text) = routing(&["sync", "--apply"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = routing(&["check"]);
+    assert_eq!(code, Some(0), "after sync:\n{text}");
+    let (code, text) = routing(&["sync"]);
+    assert_eq!(code, Some(0), "a second sync must plan nothing:\n{text}");
+    drop(server);
 }
