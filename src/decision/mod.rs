@@ -235,13 +235,13 @@ pub fn decide(
     if !request.is_pod_create() {
         return Decision::allow(Outcome::Ignored);
     }
-    let Some(object) = request.object else {
-        return Decision::allow(Outcome::Unreadable)
-            .with_warning("memgraph-address-injector: the request carries no Pod object; admitted without an external Bolt address".into());
-    };
-    let pod: Pod<'_> = match serde_json::from_str(object.get()) {
-        Ok(pod) => pod,
-        Err(err) => {
+    let pod = match &request.object {
+        review::PodObject::Pod(pod) => pod,
+        review::PodObject::Missing => {
+            return Decision::allow(Outcome::Unreadable)
+                .with_warning("memgraph-address-injector: the request carries no Pod object; admitted without an external Bolt address".into());
+        }
+        review::PodObject::Unreadable(err) => {
             return Decision::allow(Outcome::Unreadable).with_warning(format!(
                 "memgraph-address-injector could not read the Pod ({err}); admitted without an external Bolt address"
             ))
@@ -253,7 +253,7 @@ pub fn decide(
         .filter(|n| !n.is_empty())
         .or_else(|| pod.metadata.as_ref().and_then(|m| m.namespace.as_deref()))
         .unwrap_or("default");
-    decide_pod(&pod, namespace, cluster, config)
+    decide_pod(pod, namespace, cluster, config)
 }
 
 /// The decision for a Pod being created in `namespace`.

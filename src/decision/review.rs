@@ -8,6 +8,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::pod::Pod;
+
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 #[derive(Debug, thiserror::Error)]
@@ -22,15 +24,48 @@ pub enum ReviewError {
     NoRequest,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<'a> {
+/// The envelope, generic over how `request.object` is decoded: as a Pod in the same pass
+/// (the common case), or as a raw slice when that fails (to tell a bad Pod from bad JSON).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Envelope<'a, O> {
     #[serde(borrow, default)]
     api_version: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default = "none")]
+    request: Option<Request<'a, O>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Request<'a, O> {
     #[serde(borrow, default)]
-    request: Option<AdmissionRequest<'a>>,
+    uid: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    operation: Cow<'a, str>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(default = "none")]
+    object: Option<O>,
+}
+
+/// The request's object: decoded, absent, or present but not a readable Pod.
+#[derive(Debug)]
+pub enum PodObject<'a> {
+    Missing,
+    Pod(Box<Pod<'a>>),
+    Unreadable(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,23 +78,29 @@ pub struct GroupVersionKind<'a> {
     pub kind: Cow<'a, str>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug)]
 pub struct AdmissionRequest<'a> {
-    #[serde(borrow, default)]
     pub uid: Cow<'a, str>,
-    #[serde(borrow, default)]
     pub kind: GroupVersionKind<'a>,
-    #[serde(borrow, default)]
     pub sub_resource: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub operation: Cow<'a, str>,
-    #[serde(borrow, default)]
     pub namespace: Option<Cow<'a, str>>,
-    #[serde(default)]
     pub dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
+    pub object: PodObject<'a>,
+}
+
+impl<'a, O> Request<'a, O> {
+    fn with_object(self, object: PodObject<'a>) -> AdmissionRequest<'a> {
+        AdmissionRequest {
+            uid: self.uid,
+            kind: self.kind,
+            sub_resource: self.sub_resource,
+            operation: self.operation,
+            namespace: self.namespace,
+            dry_run: self.dry_run,
+            object,
+        }
+    }
 }
 
 impl AdmissionRequest<'_> {
@@ -71,8 +112,7 @@ impl AdmissionRequest<'_> {
     }
 }
 
-pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, ReviewError> {
-    let envelope: Envelope<'_> = serde_json::from_slice(body)?;
+fn check<O>(envelope: Envelope<'_, O>) -> Result<Request<'_, O>, ReviewError> {
     match envelope.api_version.as_deref() {
         Some(API_VERSION) => {}
         other => return Err(ReviewError::WrongApiVersion(other.unwrap_or("").into())),
@@ -82,6 +122,30 @@ pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, ReviewError> {
         other => return Err(ReviewError::WrongKind(other.unwrap_or("").into())),
     }
     envelope.request.ok_or(ReviewError::NoRequest)
+}
+
+/// Decodes the review in one pass, the Pod included. Only when that fails is the body read
+/// again with the object kept raw, to answer a bad Pod (allowed, with a warning) apart from
+/// a bad review (a 4xx).
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, ReviewError> {
+    if let Ok(envelope) = serde_json::from_slice::<Envelope<'_, Pod<'_>>>(body) {
+        let mut request = check(envelope)?;
+        let object = match request.object.take() {
+            None => PodObject::Missing,
+            Some(pod) => PodObject::Pod(Box::new(pod)),
+        };
+        return Ok(request.with_object(object));
+    }
+    let envelope: Envelope<'_, &RawValue> = serde_json::from_slice(body)?;
+    let request = check(envelope)?;
+    let object = match request.object {
+        None => PodObject::Missing,
+        Some(raw) => match serde_json::from_str::<Pod<'_>>(raw.get()) {
+            Ok(pod) => PodObject::Pod(Box::new(pod)),
+            Err(err) => PodObject::Unreadable(err.to_string()),
+        },
+    };
+    Ok(request.with_object(object))
 }
 
 #[derive(Serialize)]
