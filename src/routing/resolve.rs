@@ -224,53 +224,8 @@ impl RoutingCluster {
                 .get(ADDRESS_ANNOTATION)
                 .map(|a| (p.name.clone(), a.clone()))
         });
-        #[allow(clippy::redundant_closure_call)]
-        let from_services = (|| -> External {
-            if labels.is_empty() {
-                return External::Unknown(format!(
-                    "{target:?} has no labels or selector to find the Service that exposes it"
-                ));
-            }
-            // The most specific exposing Service, as the webhook ranks them: most selector
-            // labels, then a name starting with the instance's (the chart's `-external`).
-            let mut best: Option<(&ServiceView, &ServicePortView)> = None;
-            for svc in self.state.services_in(namespace) {
-                let exposes =
-                    matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
-                        && !svc.headless
-                        && !svc.selector.is_empty()
-                        && svc.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-                let Some(port) = svc.ports.iter().find(|p| exposes && reaches(p, bolt_port)) else {
-                    continue;
-                };
-                let rank = |s: &ServiceView| (s.selector.len(), s.name.starts_with(&owner_prefix));
-                if best.is_none_or(|(b, _)| rank(svc) > rank(b)) {
-                    best = Some((svc, port));
-                }
-            }
-            let Some((svc, port)) = best else {
-                return External::Unknown(format!(
-                "no NodePort or LoadBalancer Service in {namespace} exposes port {bolt_port} of {}",
-                match target {
-                    Target::Pod { name, .. } => format!("pod {name}"),
-                    Target::Service { name, .. } => format!("the pods of Service {name}"),
-                }
-            ));
-            };
-            match address::resolve(&self.state, svc, port, &self.node_address_types) {
-                Resolution::Resolved(ext) => External::Found {
-                    address: ext.address(),
-                    source: format!(
-                        "Service {}/{}, {}",
-                        svc.namespace,
-                        svc.name,
-                        ext.source.describe()
-                    ),
-                },
-                Resolution::Pending(why) => External::Unknown(why),
-            }
-        })();
-        match (from_services, annotated) {
+        let current = self.exposing_service_address(target, &labels, &owner_prefix, bolt_port);
+        match (current, annotated) {
             (External::Found { address, source }, Some((pod, annotation))) if annotation != address => External::Found {
                 source: format!("{source}; pod {pod}'s annotation {ADDRESS_ANNOTATION} says {annotation}, set at its creation and now out of date"),
                 address,
@@ -281,6 +236,65 @@ impl RoutingCluster {
                 source: format!("pod {namespace}/{pod} annotation {ADDRESS_ANNOTATION} (no current Service address: {why})"),
             },
             (unknown, None) => unknown,
+        }
+    }
+
+    /// The external address from the most specific NodePort or LoadBalancer Service that
+    /// selects `labels`, ranked as the webhook ranks them.
+    fn exposing_service_address(
+        &self,
+        target: &Target,
+        labels: &BTreeMap<String, String>,
+        owner_prefix: &str,
+        bolt_port: i32,
+    ) -> External {
+        let namespace = target.namespace();
+        if labels.is_empty() {
+            return External::Unknown(format!(
+                "{target:?} has no labels or selector to find the Service that exposes it"
+            ));
+        }
+        // The most specific exposing Service, as the webhook ranks them: most selector
+        // labels, then a name starting with the instance's (the chart's `-external`).
+        let mut best: Option<(&ServiceView, &ServicePortView)> = None;
+        for svc in self.state.services_in(namespace) {
+            let exposes = matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
+                && !svc.headless
+                && !svc.selector.is_empty()
+                && svc.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+            let Some(port) = svc.ports.iter().find(|p| exposes && reaches(p, bolt_port)) else {
+                continue;
+            };
+            let rank = |s: &ServiceView| {
+                (
+                    s.selector.len(),
+                    crate::decision::service::named_after(&s.name, owner_prefix),
+                )
+            };
+            if best.is_none_or(|(b, _)| rank(svc) > rank(b)) {
+                best = Some((svc, port));
+            }
+        }
+        let Some((svc, port)) = best else {
+            return External::Unknown(format!(
+                "no NodePort or LoadBalancer Service in {namespace} exposes port {bolt_port} of {}",
+                match target {
+                    Target::Pod { name, .. } => format!("pod {name}"),
+                    Target::Service { name, .. } => format!("the pods of Service {name}"),
+                }
+            ));
+        };
+        match address::resolve(&self.state, svc, port, &self.node_address_types) {
+            Resolution::Resolved(ext) => External::Found {
+                address: ext.address(),
+                source: format!(
+                    "Service {}/{}, {}",
+                    svc.namespace,
+                    svc.name,
+                    ext.source.describe()
+                ),
+            },
+            Resolution::Pending(why) => External::Unknown(why),
         }
     }
 }
