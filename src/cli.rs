@@ -83,7 +83,7 @@ pub struct DecisionArgs {
     pub coordinator_flag: Option<String>,
 }
 
-fn parse_version(text: &str) -> Result<Version, String> {
+pub(crate) fn parse_version(text: &str) -> Result<Version, String> {
     Version::parse(text).ok_or_else(|| format!("{text:?} is not a version like 3.0.0"))
 }
 

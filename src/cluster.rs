@@ -66,11 +66,63 @@ pub fn parse_documents(text: &str, path: &str) -> Result<Vec<serde_json::Value>,
 }
 
 /// Builds a cluster view from `kubectl get svc,nodes -A -o yaml` output or documents of
-/// Services and Nodes. Other kinds are skipped. JSON is read without building a tree of the
-/// whole file: each object is decoded from its raw slice into its typed form and reduced to
-/// the decision's view at once, so 10,000 Services load in bounded memory.
+/// Services and Nodes. Other kinds are skipped.
 pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateError> {
     let mut state = ClusterState::default();
+    visit_objects(text, path, |object| {
+        match object.kind {
+            "Service" => {
+                let svc: Service = object.decode()?;
+                let view = ServiceView::from_service(&svc)
+                    .ok_or_else(|| object.bad("it has no metadata.name"))?;
+                state.upsert_service(view);
+            }
+            "Node" => {
+                let node: Node = object.decode()?;
+                let view = NodeView::from_node(&node)
+                    .ok_or_else(|| object.bad("it has no metadata.name"))?;
+                state.upsert_node(view);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(state)
+}
+
+/// One object of a state file, still raw: its kind and name are read, the rest is decoded
+/// only by the visitor that wants it.
+pub struct RawObject<'t> {
+    pub kind: &'t str,
+    pub name: &'t str,
+    raw: &'t str,
+    path: &'t str,
+}
+
+impl RawObject<'_> {
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, StateError> {
+        serde_json::from_str(self.raw).map_err(|e| self.bad(&e.to_string()))
+    }
+
+    pub fn bad(&self, message: &str) -> StateError {
+        StateError::BadObject {
+            path: self.path.to_string(),
+            kind: self.kind.to_string(),
+            name: self.name.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Calls `visit` for every object in JSON (one value or a stream) or multi-document YAML,
+/// with v1 Lists and arrays flattened. JSON is read without building a tree of the whole
+/// file: each object is handed over as its raw slice, so 10,000 Services load in bounded
+/// memory.
+pub fn visit_objects(
+    text: &str,
+    path: &str,
+    mut visit: impl FnMut(&RawObject<'_>) -> Result<(), StateError>,
+) -> Result<(), StateError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let stream = serde_json::Deserializer::from_str(trimmed).into_iter::<&RawValue>();
@@ -80,14 +132,14 @@ pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateErro
                 index: index + 1,
                 message: e.to_string(),
             })?;
-            add_document(&mut state, doc.get(), index + 1, path)?;
+            visit_document(doc.get(), index + 1, path, &mut visit)?;
         }
     } else {
         for (index, doc) in parse_documents(text, path)?.into_iter().enumerate() {
-            add_document(&mut state, &doc.to_string(), index + 1, path)?;
+            visit_document(&doc.to_string(), index + 1, path, &mut visit)?;
         }
     }
-    Ok(state)
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -106,11 +158,11 @@ struct HeadMeta<'a> {
     name: Option<Cow<'a, str>>,
 }
 
-fn add_document(
-    state: &mut ClusterState,
+fn visit_document(
     raw: &str,
     index: usize,
     path: &str,
+    visit: &mut impl FnMut(&RawObject<'_>) -> Result<(), StateError>,
 ) -> Result<(), StateError> {
     let syntax = |e: serde_json::Error| StateError::Syntax {
         path: path.to_string(),
@@ -121,56 +173,42 @@ fn add_document(
         let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(syntax)?;
         return items
             .iter()
-            .try_for_each(|item| add_object(state, item.get(), path));
+            .try_for_each(|item| visit_object(item.get(), path, visit));
     }
     let head: Head<'_> = serde_json::from_str(raw).map_err(syntax)?;
     match (head.items, head.kind) {
         (Some(items), _) => items
             .iter()
-            .try_for_each(|item| add_object(state, item.get(), path)),
+            .try_for_each(|item| visit_object(item.get(), path, visit)),
         (None, None) => Err(StateError::NoKind {
             path: path.to_string(),
             index,
         }),
-        (None, Some(_)) => add_object(state, raw, path),
+        (None, Some(_)) => visit_object(raw, path, visit),
     }
 }
 
-fn add_object(state: &mut ClusterState, raw: &str, path: &str) -> Result<(), StateError> {
+fn visit_object(
+    raw: &str,
+    path: &str,
+    visit: &mut impl FnMut(&RawObject<'_>) -> Result<(), StateError>,
+) -> Result<(), StateError> {
     let head: Head<'_> = serde_json::from_str(raw).map_err(|e| StateError::BadObject {
         path: path.to_string(),
         kind: "object".into(),
         name: String::new(),
         message: e.to_string(),
     })?;
-    let kind = head.kind.as_deref().unwrap_or_default();
-    let name = head
-        .metadata
-        .as_ref()
-        .and_then(|m| m.name.as_deref())
-        .unwrap_or_default();
-    let bad = |message: String| StateError::BadObject {
-        path: path.to_string(),
-        kind: kind.to_string(),
-        name: name.to_string(),
-        message,
-    };
-    match kind {
-        "Service" => {
-            let svc: Service = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
-            let view = ServiceView::from_service(&svc)
-                .ok_or_else(|| bad("it has no metadata.name".into()))?;
-            state.upsert_service(view);
-        }
-        "Node" => {
-            let node: Node = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
-            let view =
-                NodeView::from_node(&node).ok_or_else(|| bad("it has no metadata.name".into()))?;
-            state.upsert_node(view);
-        }
-        _ => {}
-    }
-    Ok(())
+    visit(&RawObject {
+        kind: head.kind.as_deref().unwrap_or_default(),
+        name: head
+            .metadata
+            .as_ref()
+            .and_then(|m| m.name.as_deref())
+            .unwrap_or_default(),
+        raw,
+        path,
+    })
 }
 
 pub fn load_state_file(path: &str) -> Result<ClusterState, StateError> {

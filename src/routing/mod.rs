@@ -106,16 +106,12 @@ pub struct SyncArgs {
     #[arg(long, env = "MAI_APPLY")]
     pub apply: bool,
     /// The Memgraph version; asked with SHOW VERSION when absent.
-    #[arg(long, env = "MAI_MEMGRAPH_VERSION", value_parser = parse_version)]
+    #[arg(long, env = "MAI_MEMGRAPH_VERSION", value_parser = crate::cli::parse_version)]
     pub memgraph_version: Option<Version>,
     /// Replication port of data instances, for the REGISTER INSTANCE statements printed
     /// for 3.0-3.7 (SHOW INSTANCES does not show it).
     #[arg(long, env = "MAI_REPLICATION_PORT", default_value_t = 20000)]
     pub replication_port: u16,
-}
-
-fn parse_version(text: &str) -> Result<Version, String> {
-    Version::parse(text).ok_or_else(|| format!("{text:?} is not a version like 3.8.0"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,13 +131,6 @@ pub enum RoutingError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     State(#[from] crate::cluster::StateError),
-    #[error("{path}: {kind} {name}: {message}")]
-    BadObject {
-        path: String,
-        kind: String,
-        name: String,
-        message: String,
-    },
     #[error("cannot list {what} from the API server: {message}")]
     Kube { what: &'static str, message: String },
     #[error("routing sync needs a cluster view to know the external addresses: pass --cluster FILE or --in-cluster")]
@@ -202,40 +191,16 @@ pub fn cluster_from_text(
     path: &str,
     args: &ClusterArgs,
 ) -> Result<RoutingCluster, RoutingError> {
-    let mut objects = Vec::new();
-    for doc in crate::cluster::parse_documents(text, path)? {
-        match doc {
-            serde_json::Value::Array(items) => objects.extend(items),
-            serde_json::Value::Object(mut map)
-                if map.get("items").is_some_and(|i| i.is_array()) =>
-            {
-                if let Some(serde_json::Value::Array(items)) = map.remove("items") {
-                    objects.extend(items);
-                }
-            }
-            doc => objects.push(doc),
-        }
-    }
     let (mut services, mut nodes, mut pods) = (Vec::new(), Vec::new(), Vec::new());
-    for object in objects {
-        let kind = object["kind"].as_str().unwrap_or_default().to_string();
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let bad = |e: serde_json::Error| RoutingError::BadObject {
-            path: path.to_string(),
-            kind: kind.clone(),
-            name: name.clone(),
-            message: e.to_string(),
-        };
-        match kind.as_str() {
-            "Service" => services.push(serde_json::from_value::<Service>(object).map_err(bad)?),
-            "Node" => nodes.push(serde_json::from_value::<Node>(object).map_err(bad)?),
-            "Pod" => pods.push(serde_json::from_value::<Pod>(object).map_err(bad)?),
+    crate::cluster::visit_objects(text, path, |object| {
+        match object.kind {
+            "Service" => services.push(object.decode::<Service>()?),
+            "Node" => nodes.push(object.decode::<Node>()?),
+            "Pod" => pods.push(object.decode::<Pod>()?),
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(RoutingCluster::from_objects(
         &services,
         &nodes,
