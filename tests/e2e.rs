@@ -514,32 +514,10 @@ async fn apiserver_restart(client: &Client, plane: &mut ControlPlane, webhook: &
     );
 
     plane.start_apiserver();
-    let cached = async || -> usize {
-        let text = reqwest::get(webhook.health_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("memgraph_address_injector_cached_objects{kind=\"Service\"} ")
-            })
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let live_lists = async || -> String {
-        let text = reqwest::get(webhook.health_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("memgraph_address_injector_live_service_lists_total "))
-            .unwrap()
-            .to_string()
-    };
+    const CACHED: &str = r#"memgraph_address_injector_cached_objects{kind="Service"}"#;
+    const LIVE_LISTS: &str = "memgraph_address_injector_live_service_lists_total";
+    let cached = async || webhook.metric(CACHED).await.unwrap_or(0.0);
+    let live_lists = async || webhook.metric(LIVE_LISTS).await.expect("live list counter");
     let before = cached().await;
     let lists_before = live_lists().await;
     let ns = "e2e-after-restart";
@@ -578,19 +556,12 @@ async fn apiserver_restart(client: &Client, plane: &mut ControlPlane, webhook: &
         Some(format!("203.0.113.10:{port}"))
     );
     // The outage showed in the watch error counter (readiness stayed true by design).
-    let text = reqwest::get(webhook.health_url("/metrics"))
+    let errors = webhook
+        .metric("memgraph_address_injector_watch_errors_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let errors: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("memgraph_address_injector_watch_errors_total "))
-        .and_then(|n| n.parse().ok())
         .expect("watch error counter");
     assert!(
-        errors > 0,
+        errors > 0.0,
         "the outage left no trace in the watch error counter"
     );
     assert_eq!(

@@ -228,17 +228,10 @@ async fn broken_or_expired_certificates_make_readyz_false_and_reloads_retry() {
             .as_u16()
     };
     assert_eq!(ready().await, 200);
-    let metric = metrics(&webhook).await;
-    let expiry: i64 = metric
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "memgraph_address_injector_serving_certificate_expiry_timestamp_seconds ",
-            )
-        })
-        .expect("expiry gauge")
-        .parse()
-        .unwrap();
+    let expiry = webhook
+        .metric("memgraph_address_injector_serving_certificate_expiry_timestamp_seconds")
+        .await
+        .expect("expiry gauge") as i64;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

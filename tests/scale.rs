@@ -105,17 +105,10 @@ async fn cache_memory_with_10000_services() {
     })
     .await
     .unwrap();
-    let metrics = reqwest::get(webhook.health_url("/metrics"))
+    let cached = webhook
+        .metric(r#"memgraph_address_injector_cached_objects{kind="Service"}"#)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let cached: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("memgraph_address_injector_cached_objects{kind=\"Service\"} "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or(0.0) as usize;
     // Ours, plus the API server's own `kubernetes` Service.
     assert_eq!(cached, services + 1, "Services in the cache");
     tokio::time::sleep(Duration::from_secs(2)).await;

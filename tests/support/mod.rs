@@ -113,6 +113,19 @@ impl Webhook {
         std::fs::read(self.certs.join("ca.crt")).expect("ca.crt")
     }
 
+    /// The value of one series on /metrics, e.g.
+    /// `memgraph_address_injector_watch_errors_total`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(self.health_url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
