@@ -26,6 +26,10 @@ pub enum CertError {
     },
     #[error("{0} holds no PEM certificate")]
     NoCertificate(PathBuf),
+    #[error("{path}: a PEM section does not parse ({cause}); the file is damaged or half written")]
+    BadPem { path: PathBuf, cause: String },
+    #[error("{0}: the certificate is not a readable X.509 certificate")]
+    BadCertificate(PathBuf),
     #[error("{0} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey(PathBuf),
     #[error("the client CA file {0} is not usable: {1}")]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -55,7 +56,8 @@ pub struct DecisionArgs {
     pub env_name: String,
     /// What to do when the Service's external address is not known yet (LoadBalancer
     /// without ingress, no node address).
-    #[arg(long, env = "MAI_ON_PENDING", value_enum, default_value = "deny")]
+    #[arg(long, env = "MAI_ON_PENDING", default_value = "deny",
+          value_parser = clap::builder::PossibleValuesParser::new(["deny", "allow"]).try_map(|s| s.parse::<OnPending>()))]
     pub on_pending: OnPending,
     /// Node address types to try for NodePort Services, in order.
     #[arg(
@@ -74,17 +76,13 @@ pub struct DecisionArgs {
     )]
     pub container_names: Vec<String>,
     /// Memgraph version assumed when neither the image tag nor the pod annotation gives one.
-    #[arg(long, env = "MAI_DEFAULT_MEMGRAPH_VERSION", default_value = "3.0.0", value_parser = parse_version)]
+    #[arg(long, env = "MAI_DEFAULT_MEMGRAPH_VERSION", default_value = "3.0.0", value_parser = clap::value_parser!(Version))]
     pub default_memgraph_version: Version,
     /// A flag of your own entrypoint added to every coordinator, e.g.
     /// `--advertised-bolt={address}` ({address}, {host}, {port}). A stock Memgraph exits on
     /// unknown flags: use only with a wrapper that understands it.
     #[arg(long, env = "MAI_COORDINATOR_FLAG")]
     pub coordinator_flag: Option<String>,
-}
-
-pub(crate) fn parse_version(text: &str) -> Result<Version, String> {
-    Version::parse(text).ok_or_else(|| format!("{text:?} is not a version like 3.0.0"))
 }
 
 impl DecisionArgs {

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum_server::tls_rustls::RustlsConfig;
 use notify::Watcher;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::certs::CertError;
@@ -81,22 +82,45 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
     })
 }
 
+/// Every certificate of a PEM file; a section that does not parse is an error naming the file.
+pub fn pem_certificates(
+    pem: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|cause| CertError::BadPem {
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate(path.to_path_buf()));
+    }
+    Ok(chain)
+}
+
+/// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+fn pem_private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|cause| match cause {
+        rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey(path.to_path_buf()),
+        other => CertError::BadPem {
+            path: path.to_path_buf(),
+            cause: other.to_string(),
+        },
+    })
+}
+
 fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
     let cert_pem = read(&files.cert)?;
     let key_pem = read(&files.key)?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .filter_map(Result::ok)
-        .collect();
+    let chain = pem_certificates(&cert_pem, &files.cert)?;
     let leaf = chain
         .first()
         .ok_or_else(|| CertError::NoCertificate(files.cert.clone()))?;
     let not_after = x509_parser::parse_x509_certificate(leaf)
         .map(|(_, cert)| cert.validity().not_after.timestamp())
         .map_err(|_| CertError::NoCertificate(files.cert.clone()))?;
-    let private_key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| CertError::NoKey(files.key.clone()))?;
+    let private_key = pem_private_key(&key_pem, &files.key)?;
     let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
@@ -105,7 +129,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut read(ca)?.as_slice()).filter_map(Result::ok) {
+            for cert in pem_certificates(&read(ca)?, ca)? {
                 roots
                     .add(cert)
                     .map_err(|cause| CertError::ClientCa(ca.clone(), cause.to_string()))?;

@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use memgraph_address_injector::decision::state::parse_documents;
 use serde_json::{json, Value};
 use support::chart::*;
 use support::control_plane::ControlPlane;
@@ -319,17 +320,13 @@ async fn untouched_pods(client: &Client) {
 fn kustomization_objects(dir: &str) -> Vec<kube::api::DynamicObject> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let kustomization: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
             .unwrap();
     let namespace = kustomization["namespace"].as_str().map(String::from);
     let mut objects = Vec::new();
     for file in kustomization["resources"].as_array().unwrap() {
         let text = std::fs::read_to_string(dir.join(file.as_str().unwrap())).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if value.is_null() {
-                continue;
-            }
+        for value in parse_documents(&text, file.as_str().unwrap()).unwrap() {
             let mut obj: kube::api::DynamicObject = from(value);
             if obj.metadata.namespace.is_none() {
                 obj.metadata.namespace = namespace.clone();

@@ -30,7 +30,7 @@ fn seeds() -> Vec<Value> {
         .collect();
     names.sort();
     for path in names {
-        pods.push(serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap());
+        pods.push(serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap());
     }
     for review in [
         "fuzz/review-coordinator.json",

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use support::*;
 
@@ -404,7 +405,7 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
         &[],
     );
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut webhook.ca_pem().as_slice()) {
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&webhook.ca_pem()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

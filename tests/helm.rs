@@ -302,10 +302,8 @@ fn verify_serving_cert(ca_pem: &[u8], cert_pem: &[u8], dns_name: &str) -> Result
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     let der = |pem: &[u8]| -> CertificateDer<'static> {
-        rustls_pemfile::certs(&mut &pem[..])
-            .next()
-            .expect("a certificate")
-            .expect("PEM")
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem).expect("a PEM certificate")
     };
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der(ca_pem)).map_err(|e| e.to_string())?;

@@ -8,11 +8,10 @@
 //! Exit codes: 0 every address usable (check) / nothing left to change (sync); 1 unusable
 //! addresses remain; 2 connection, protocol or input errors (returned as `Err`).
 
-pub mod bolt;
-pub mod packstream;
 pub mod plan;
 pub mod resolve;
 pub mod table;
+pub mod uri;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +22,8 @@ use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use crate::decision::pod::Version;
-use bolt::{BoltAddress, BoltError, Connection, Credentials};
+use bolt::{BoltError, Connection, Credentials};
+pub use memgraph_bolt::{client as bolt, packstream};
 use plan::{Desired, Instance, Mode, Plan, PlanError};
 use resolve::{External, RoutingCluster, Target};
 use table::{RoutingTable, TableError, Verdict};
@@ -106,7 +106,7 @@ pub struct SyncArgs {
     #[arg(long, env = "MAI_APPLY")]
     pub apply: bool,
     /// The Memgraph version; asked with SHOW VERSION when absent.
-    #[arg(long, env = "MAI_MEMGRAPH_VERSION", value_parser = crate::cli::parse_version)]
+    #[arg(long, env = "MAI_MEMGRAPH_VERSION", value_parser = clap::value_parser!(Version))]
     pub memgraph_version: Option<Version>,
     /// Replication port of data instances, for the REGISTER INSTANCE statements printed
     /// for 3.0-3.7 (SHOW INSTANCES does not show it).
@@ -118,6 +118,10 @@ pub struct SyncArgs {
 pub enum RoutingError {
     #[error(transparent)]
     Bolt(#[from] BoltError),
+    #[error(transparent)]
+    Uri(#[from] uri::UriError),
+    #[error("{0}: Bolt over TLS is not supported by this version; use the plain Bolt port")]
+    TlsUnsupported(String),
     #[error("cannot read the password file {path}: {source}")]
     PasswordFile {
         path: String,
@@ -175,7 +179,11 @@ fn credentials(args: &ConnectArgs) -> Result<Option<Credentials>, RoutingError> 
 }
 
 async fn connect(args: &ConnectArgs) -> Result<Connection, RoutingError> {
-    let address = BoltAddress::parse(&args.bolt)?;
+    let uri = uri::BoltUri::parse(&args.bolt)?;
+    if uri.security != uri::Security::Plain {
+        return Err(RoutingError::TlsUnsupported(args.bolt.clone()));
+    }
+    let address = uri.address;
     let creds = credentials(args)?;
     Ok(Connection::connect(
         &address,
@@ -525,8 +533,14 @@ async fn on_leader(
     let creds = credentials(args)?;
     let mut tried = vec![format!("{}: {message}", conn.address())];
     for candidate in candidates {
+        let address = match uri::BoltUri::parse(&candidate) {
+            Ok(uri) => uri.address,
+            Err(e) => {
+                tried.push(e.to_string());
+                continue;
+            }
+        };
         let attempt = async {
-            let address = BoltAddress::parse(&candidate)?;
             let mut leader_conn = Connection::connect(
                 &address,
                 creds.as_ref(),

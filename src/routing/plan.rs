@@ -187,11 +187,7 @@ fn replication_server(instance: &Instance, replication_port: u16) -> String {
     } else {
         host
     };
-    if host.contains(':') {
-        format!("[{host}]:{replication_port}")
-    } else {
-        format!("{host}:{replication_port}")
-    }
+    crate::decision::hostport::format_host_port(host, replication_port)
 }
 
 fn statements(

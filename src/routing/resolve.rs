@@ -323,9 +323,7 @@ mod tests {
     use super::*;
 
     fn cluster(yaml: &str) -> RoutingCluster {
-        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(yaml)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
+        let docs = crate::decision::state::parse_documents(yaml, "test").unwrap();
         let of = |kind: &str| {
             docs.iter()
                 .filter(|d| d["kind"] == kind)

@@ -102,25 +102,7 @@ pub enum Verdict {
     Unusable(String),
 }
 
-/// The host part of `host:port` / `[v6]:port`.
-pub fn host_of(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match address.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
-        _ => address,
-    }
-}
-
-/// The port of `host:port`, if any.
-pub fn port_of(address: &str) -> Option<u16> {
-    let (host, port) = address.rsplit_once(':')?;
-    if host.contains(':') && !host.ends_with(']') {
-        return None;
-    }
-    port.parse().ok()
-}
+pub use crate::decision::hostport::{host_of, port_of};
 
 /// Classifies one address. In-cluster DNS names (`*.svc`, `*.svc.cluster.local`, any
 /// `*.cluster.local`, a bare Service name) never work from outside; IPs are judged against
@@ -236,16 +218,6 @@ mod tests {
             RoutingTable::from_rt(&no_servers),
             Err(TableError::Missing("servers"))
         );
-    }
-
-    #[test]
-    fn hosts_and_ports_split() {
-        assert_eq!(host_of("a.b:7687"), "a.b");
-        assert_eq!(host_of("[2001:db8::1]:7687"), "2001:db8::1");
-        assert_eq!(host_of("plainhost"), "plainhost");
-        assert_eq!(port_of("a.b:7687"), Some(7687));
-        assert_eq!(port_of("[::1]:1"), Some(1));
-        assert_eq!(port_of("a.b"), None);
     }
 
     #[test]

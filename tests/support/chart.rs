@@ -221,7 +221,8 @@ pub async fn register_webhook(client: &Client, webhook: &Webhook) {
     use base64::Engine;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("manifests/base/mutatingwebhookconfiguration.yaml");
-    let mut config: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut config: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let ca = base64::engine::general_purpose::STANDARD.encode(webhook.ca_pem());
     config["webhooks"][0]["clientConfig"] = json!({"url": webhook.url("/mutate"), "caBundle": ca});
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());

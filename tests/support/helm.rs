@@ -109,10 +109,8 @@ impl Helm {
 
 /// The non-empty documents of a multi-document YAML stream.
 pub fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("YAML document"))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
+    memgraph_address_injector::decision::state::parse_documents(text, "helm output")
+        .expect("YAML documents")
 }
 
 pub fn documents_of_file(path: &Path) -> Vec<Value> {

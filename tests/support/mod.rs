@@ -197,7 +197,7 @@ pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
 }
 
 pub fn yaml_fixture(path: &str) -> serde_json::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(fixture(path)).expect("fixture")).expect("YAML")
+    serde_saphyr::from_str(&std::fs::read_to_string(fixture(path)).expect("fixture")).expect("YAML")
 }
 
 pub fn review_of(pod: &serde_json::Value, namespace: &str, uid: &str) -> serde_json::Value {

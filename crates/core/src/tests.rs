@@ -9,16 +9,16 @@ use super::view::{ClusterState, ServiceType};
 use super::*;
 
 fn fixture(path: &str) -> String {
-    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    let full = format!("{}/../../tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 
 fn pod_value(path: &str) -> Value {
-    serde_yaml::from_str(&fixture(path)).unwrap()
+    serde_saphyr::from_str(&fixture(path)).unwrap()
 }
 
 fn state(path: &str) -> ClusterState {
-    crate::cluster::state_from_text(&fixture(&format!("states/{path}")), path).unwrap()
+    crate::state::state_from_text(&fixture(&format!("states/{path}")), path).unwrap()
 }
 
 struct Run {

@@ -1,19 +1,26 @@
-//! The decision: given an admission request and a view of the cluster, what patch? Pure: no
-//! IO, no async, no clock. Data flows one way: request → pod facts (`pod`) → Service
-//! (`service`) → address (`address`) → ops (`patch`) → response (`review`).
+//! The decision core of memgraph-address-injector: given an admission request and a view of
+//! the cluster, what patch? Pure: no IO, no async, no clock (this crate depends on no runtime).
+//! Data flows one way: request → pod facts (`pod`) → Service (`service`) → address
+//! (`address`) → ops (`patch`) → response (`review`). `hostport` is the one `host:port`
+//! parser and formatter; `state` reads state files (JSON or multi-document YAML).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 pub mod address;
+pub mod hostport;
 pub mod patch;
 pub mod pod;
 pub mod review;
 pub mod service;
+pub mod state;
 pub mod view;
 
 use std::collections::BTreeMap;
 
 use json_patch::PatchOperation;
 
-use address::{is_ipv6_literal, ExternalAddress, Resolution};
+use address::{ExternalAddress, Resolution};
+use hostport::is_ipv6_literal;
 use pod::{MemgraphPod, Pod, Recognition, Role, Version};
 use service::ServiceChoice;
 use view::{ClusterState, ServiceView};
@@ -27,12 +34,27 @@ pub const DEFAULT_ENV_NAME: &str = "MEMGRAPH_EXTERNAL_BOLT_ADDRESS";
 const HOSTNAME_FLAG_FROM: Version = Version::new(2, 18, 0);
 const HOSTNAME_FLAG_UNTIL: Version = Version::new(3, 0, 0);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnPending {
     /// Deny the pod so that its controller retries it later.
     Deny,
     /// Admit the pod without an address, with a warning.
     Allow,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not an --on-pending value; use deny or allow")]
+pub struct OnPendingError(String);
+
+impl std::str::FromStr for OnPending {
+    type Err = OnPendingError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "deny" => Ok(Self::Deny),
+            "allow" => Ok(Self::Allow),
+            _ => Err(OnPendingError(text.to_string())),
+        }
+    }
 }
 
 /// Memgraph's own flags that decide where it listens, who it is in the cluster and where it

@@ -1,7 +1,7 @@
 //! Which `host:port` a client outside the cluster uses to reach a Service's Bolt port
 //! (shared/memgraph-ha.md, "What the external address is").
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use super::view::{ClusterState, ServicePortView, ServiceType, ServiceView};
 
@@ -44,11 +44,7 @@ pub struct ExternalAddress {
 impl ExternalAddress {
     /// `host:port`, with an IPv6 literal in brackets.
     pub fn address(&self) -> String {
-        if is_ipv6_literal(&self.host) && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::hostport::format_host_port(&self.host, self.port)
     }
 }
 
@@ -59,12 +55,7 @@ pub enum Resolution {
     Pending(String),
 }
 
-pub fn is_ipv6_literal(host: &str) -> bool {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<Ipv6Addr>()
-        .is_ok()
-}
+pub use crate::hostport::is_ipv6_literal;
 
 fn is_ipv4(host: &str) -> bool {
     host.parse::<Ipv4Addr>().is_ok()

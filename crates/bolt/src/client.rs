@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::packstream::{self, PackStreamError, Value};
+use crate::packstream::{self, PackStreamError, Value};
 
 pub const DEFAULT_PORT: u16 = 7687;
 const USER_AGENT: &str = concat!("memgraph-address-injector/", env!("CARGO_PKG_VERSION"));
@@ -34,8 +34,6 @@ const FAILURE: u8 = 0x7F;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoltError {
-    #[error("{address:?} is not a Bolt address: {reason}")]
-    BadAddress { address: String, reason: String },
     #[error("cannot resolve {address}: {source}")]
     Resolve {
         address: String,
@@ -101,70 +99,12 @@ pub struct BoltAddress {
 
 impl fmt::Display for BoltAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
+        // An IPv6 literal (the only host with a ':') is written in brackets.
+        if self.host.contains(':') && !self.host.starts_with('[') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
-    }
-}
-
-impl BoltAddress {
-    pub fn parse(text: &str) -> Result<Self, BoltError> {
-        let bad = |reason: &str| BoltError::BadAddress {
-            address: text.to_string(),
-            reason: reason.to_string(),
-        };
-        let mut rest = text.trim();
-        if let Some((scheme, after)) = rest.split_once("://") {
-            match scheme {
-                "bolt" | "neo4j" | "bolt+routing" => rest = after,
-                "bolt+s" | "bolt+ssc" | "neo4j+s" | "neo4j+ssc" => {
-                    return Err(bad(
-                        "TLS schemes are not supported by this client; use the plain Bolt address",
-                    ))
-                }
-                _ => return Err(bad("the scheme must be bolt:// or neo4j://")),
-            }
-        }
-        let rest = rest.split(['/', '?']).next().unwrap_or_default();
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None if after.is_empty() => (host, None),
-                None => return Err(bad("unexpected text after ']'")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, _)) if host.contains(':') => {
-                    return Err(bad("write an IPv6 address as [addr]:port"))
-                }
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("the host is empty"));
-        }
-        if host
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '"' || c == '\\')
-        {
-            return Err(bad("the host contains whitespace or quotes"));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
-        };
-        Ok(Self {
-            host: host.to_string(),
-            port,
-        })
     }
 }
 
@@ -624,37 +564,6 @@ fn failure_of(meta: Option<Value>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_parse_in_every_form_clients_write() {
-        let a = |s: &str| BoltAddress::parse(s).map(|a| a.to_string());
-        assert_eq!(a("10.0.0.1:30001").unwrap(), "10.0.0.1:30001");
-        assert_eq!(
-            a("memgraph.example.com").unwrap(),
-            "memgraph.example.com:7687"
-        );
-        assert_eq!(
-            a("neo4j://db.example.com:7688").unwrap(),
-            "db.example.com:7688"
-        );
-        assert_eq!(a("bolt://db.example.com/").unwrap(), "db.example.com:7687");
-        assert_eq!(a("[2001:db8::1]:7687").unwrap(), "[2001:db8::1]:7687");
-        assert_eq!(a("[2001:db8::1]").unwrap(), "[2001:db8::1]:7687");
-        for bad in [
-            "",
-            ":7687",
-            "host:0",
-            "host:99999",
-            "host:x",
-            "2001:db8::1",
-            "[::1",
-            "http://host:7687",
-            "neo4j+s://host:7687",
-            "ho'st:7687",
-        ] {
-            assert!(a(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
 
     #[test]
     fn failures_read_code_and_message() {
