@@ -3,6 +3,9 @@
 
 use std::net::Ipv4Addr;
 
+use crate::hostport::{validate_host, HostError};
+use crate::Warning;
+
 use super::view::{ClusterState, ServicePortView, ServiceType, ServiceView};
 
 /// Which rule gave the host; shown in the pod's `source` annotation.
@@ -38,7 +41,7 @@ pub struct ExternalAddress {
     pub host: String,
     pub port: i32,
     pub source: HostSource,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl ExternalAddress {
@@ -53,6 +56,20 @@ pub enum Resolution {
     Resolved(ExternalAddress),
     /// Not known yet; the text says what is missing.
     Pending(String),
+    /// The cluster gives a value that is not a host a client can dial (an annotation with a
+    /// port, a space or a wildcard; a malformed ingress hostname). It never reaches a pod; the
+    /// text names the Service and where the value came from.
+    Unusable(String),
+}
+
+/// Checks a host taken from the cluster, naming the Service and the field in the error.
+fn checked(svc: &ServiceView, field: &str, host: &str) -> Result<(), String> {
+    validate_host(host).map(|_| ()).map_err(|why| {
+        format!(
+            "Service {}/{}: {field} is not a usable host: {why}",
+            svc.namespace, svc.name
+        )
+    })
 }
 
 pub use crate::hostport::is_ipv6_literal;
@@ -92,12 +109,18 @@ pub fn resolve(
     };
     let mut warnings = Vec::new();
     if svc.type_ == ServiceType::NodePort && svc.external_traffic_policy_local {
-        warnings.push(format!(
-            "Service {} has externalTrafficPolicy: Local, so only the node running this pod answers on the nodePort, and that node is not known at admission; use externalTrafficPolicy: Cluster or a LoadBalancer",
-            svc.name
+        warnings.push(Warning::new(
+            format!(
+                "Service {} has externalTrafficPolicy Local; the pod's node is not known at admission",
+                svc.name
+            ),
+            format!(
+                "Service {} has externalTrafficPolicy: Local, so only the node running this pod answers on the nodePort, and that node is not known at admission; use externalTrafficPolicy: Cluster or a LoadBalancer",
+                svc.name
+            ),
         ));
     }
-    let found = |host: &str, source: HostSource, warnings: Vec<String>| {
+    let found = |host: &str, source: HostSource, warnings: Vec<Warning>| {
         Resolution::Resolved(ExternalAddress {
             host: host.to_string(),
             port: ext_port,
@@ -107,21 +130,58 @@ pub fn resolve(
     };
 
     if let Some(host) = &svc.external_host_annotation {
+        if let Err(why) = checked(
+            svc,
+            &format!("annotation {}", super::view::EXTERNAL_HOST_ANNOTATION),
+            host,
+        ) {
+            return Resolution::Unusable(why);
+        }
         return found(host, HostSource::HostAnnotation, warnings);
     }
-    if let Some(host) = svc
-        .external_dns_annotation
-        .as_deref()
-        .and_then(|list| list.split(',').map(str::trim).find(|h| !h.is_empty()))
-    {
-        return found(host, HostSource::ExternalDnsAnnotation, warnings);
+    if let Some(list) = svc.external_dns_annotation.as_deref() {
+        // external-dns takes a comma-separated list; wildcard entries name no single host.
+        let mut entries = list.split(',').map(str::trim).filter(|h| !h.is_empty());
+        let concrete = entries.find(|h| !matches!(validate_host(h), Err(HostError::Wildcard(_))));
+        match concrete {
+            Some(host) => {
+                if let Err(why) = checked(
+                    svc,
+                    &format!("annotation {}", super::view::EXTERNAL_DNS_ANNOTATION),
+                    host,
+                ) {
+                    return Resolution::Unusable(why);
+                }
+                return found(host, HostSource::ExternalDnsAnnotation, warnings);
+            }
+            None => warnings.push(Warning::new(
+                format!(
+                    "Service {}: external-dns lists only wildcards; using the {} address",
+                    svc.name,
+                    svc.type_.as_str()
+                ),
+                format!(
+                    "Service {}/{} has annotation {} with only wildcard entries ({list}), which name no host a client can dial; the address comes from the Service's {} address instead",
+                    svc.namespace,
+                    svc.name,
+                    super::view::EXTERNAL_DNS_ANNOTATION,
+                    svc.type_.as_str()
+                ),
+            )),
+        }
     }
     match svc.type_ {
         ServiceType::LoadBalancer => {
             if let Some(ip) = prefer_ipv4(svc.ingress.iter().filter_map(|i| i.ip.as_deref())) {
+                if let Err(why) = checked(svc, "status.loadBalancer.ingress ip", ip) {
+                    return Resolution::Unusable(why);
+                }
                 return found(ip, HostSource::LoadBalancerIp, warnings);
             }
             if let Some(host) = svc.ingress.iter().find_map(|i| i.hostname.as_deref()) {
+                if let Err(why) = checked(svc, "status.loadBalancer.ingress hostname", host) {
+                    return Resolution::Unusable(why);
+                }
                 return found(host, HostSource::LoadBalancerHostname, warnings);
             }
             Resolution::Pending(format!(
@@ -131,6 +191,9 @@ pub fn resolve(
         }
         ServiceType::NodePort => {
             if let Some(ip) = prefer_ipv4(svc.external_ips.iter().map(String::as_str)) {
+                if let Err(why) = checked(svc, "spec.externalIPs", ip) {
+                    return Resolution::Unusable(why);
+                }
                 return found(ip, HostSource::ExternalIps, warnings);
             }
             let usable = || cluster.nodes().filter(|n| n.ready && !n.unschedulable);
@@ -138,7 +201,8 @@ pub fn resolve(
                 let of_type = |n: &'_ super::view::NodeView| {
                     n.addresses
                         .iter()
-                        .filter(|(t, _)| t == address_type)
+                        // A Node address is input too: one that is not a host is skipped.
+                        .filter(|(t, a)| t == address_type && validate_host(a).is_ok())
                         .map(|(_, a)| a.clone())
                         .collect::<Vec<_>>()
                 };
@@ -158,9 +222,12 @@ pub fn resolve(
                 if let Some((node, host)) = pick {
                     let mut warnings = warnings;
                     if address_type == "InternalIP" {
-                        warnings.push(format!(
-                            "no Ready node has an ExternalIP address, so the Bolt address uses node {node}'s InternalIP {host}; clients outside the node network cannot reach it. Set the Service annotation {} to the right host",
-                            super::view::EXTERNAL_HOST_ANNOTATION
+                        warnings.push(Warning::new(
+                            format!("no Ready node has an ExternalIP; using node {node}'s InternalIP {host}"),
+                            format!(
+                                "no Ready node has an ExternalIP address, so the Bolt address uses node {node}'s InternalIP {host}; clients outside the node network cannot reach it. Set the Service annotation {} to the right host",
+                                super::view::EXTERNAL_HOST_ANNOTATION
+                            ),
                         ));
                     }
                     return found(

@@ -176,6 +176,91 @@ impl Config {
     }
 }
 
+/// The most a warning sent back to the API server may hold (kube-core's advice): clients
+/// print admission warnings on one line, and the API server truncates long ones.
+pub const MAX_WARNING_LEN: usize = 120;
+const WARNING_PREFIX: &str = "memgraph-address-injector: ";
+
+/// A warning: a short summary for the admission response (at most [`MAX_WARNING_LEN`]
+/// characters, prefix included) and the whole explanation for the log and the Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub summary: String,
+    pub detail: String,
+}
+
+impl Warning {
+    pub fn new(summary: impl Into<String>, detail: impl Into<String>) -> Self {
+        let mut summary = format!("{WARNING_PREFIX}{}", summary.into());
+        if summary.chars().count() > MAX_WARNING_LEN {
+            let cut = summary
+                .char_indices()
+                .nth(MAX_WARNING_LEN - 1)
+                .map_or(summary.len(), |(i, _)| i);
+            summary.truncate(cut);
+            summary.push('…');
+        }
+        Self {
+            summary,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Which pod a decision is about, for logs and Events: at CREATE a StatefulSet pod already
+/// has its name, other pods may only have a generateName.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: Option<String>,
+    pub generate_name: Option<String>,
+    /// The owning controller (kind, name, uid), where an Event about the pod is useful.
+    pub owner: Option<OwnerRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    fn of(pod: &Pod<'_>, namespace: &str) -> Self {
+        let meta = pod.metadata.as_ref();
+        let text = |v: Option<&str>| v.filter(|t| !t.is_empty()).map(str::to_string);
+        Self {
+            namespace: namespace.to_string(),
+            name: text(meta.and_then(|m| m.name.as_deref())),
+            generate_name: text(meta.and_then(|m| m.generate_name.as_deref())),
+            owner: pod.controller().map(|o| OwnerRef {
+                api_version: o.api_version.to_string(),
+                kind: o.kind.to_string(),
+                name: o.name.to_string(),
+                uid: o.uid.to_string(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for PodRef {
+    /// `ns/name`, else `ns/generateName*` and the owner, so that a log line names the pod.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.name, &self.generate_name) {
+            (Some(name), _) => write!(f, "{}/{name}", self.namespace)?,
+            (None, Some(prefix)) => write!(f, "{}/{prefix}*", self.namespace)?,
+            (None, None) => write!(f, "{}/<unnamed>", self.namespace)?,
+        }
+        if self.name.is_none() {
+            if let Some(owner) = &self.owner {
+                write!(f, " (owner {} {})", owner.kind, owner.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What happened, for metrics and for the server's cache-miss retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -191,6 +276,8 @@ pub enum Outcome {
     Denied,
     /// The address is not known yet.
     Pending,
+    /// The cluster gives a host that is not usable (bad annotation, ingress hostname).
+    InvalidHost,
     /// Patched.
     Injected,
     /// Already carries everything; no patch.
@@ -206,6 +293,7 @@ impl Outcome {
             Outcome::NamedServiceMissing => "service_missing",
             Outcome::Denied => "denied",
             Outcome::Pending => "pending",
+            Outcome::InvalidHost => "invalid_host",
             Outcome::Injected => "injected",
             Outcome::Unchanged => "unchanged",
         }
@@ -224,7 +312,9 @@ pub struct Decision {
     /// `Some(message)` denies the request.
     pub denial: Option<String>,
     pub patch: Vec<PatchOperation>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+    /// The pod decided about; `None` when the request carries no readable Pod.
+    pub pod: Option<PodRef>,
     pub audit_annotations: BTreeMap<String, String>,
     pub address: Option<String>,
 }
@@ -237,14 +327,24 @@ impl Decision {
             denial: None,
             patch: Vec::new(),
             warnings: Vec::new(),
+            pod: None,
             audit_annotations: BTreeMap::new(),
             address: None,
         }
     }
 
-    fn with_warning(mut self, warning: String) -> Self {
+    fn with_warning(mut self, warning: Warning) -> Self {
         self.warnings.push(warning);
         self
+    }
+
+    /// The warnings as audit annotations (`warning-1`, ...), with their whole text: the
+    /// StatefulSet controller drops admission warnings, the audit log keeps these.
+    fn audit_warnings(&mut self) {
+        for (i, w) in self.warnings.iter().enumerate() {
+            self.audit_annotations
+                .insert(format!("warning-{}", i + 1), w.detail.clone());
+        }
     }
 }
 
@@ -260,12 +360,17 @@ pub fn decide(
     let pod = match &request.object {
         review::PodObject::Pod(pod) => pod,
         review::PodObject::Missing => {
-            return Decision::allow(Outcome::Unreadable)
-                .with_warning("memgraph-address-injector: the request carries no Pod object; admitted without an external Bolt address".into());
+            return Decision::allow(Outcome::Unreadable).with_warning(Warning::new(
+                "the request carries no Pod; admitted without an external Bolt address",
+                "the admission request carries no Pod object; admitted without an external Bolt address",
+            ));
         }
         review::PodObject::Unreadable(err) => {
-            return Decision::allow(Outcome::Unreadable).with_warning(format!(
-                "memgraph-address-injector could not read the Pod ({err}); admitted without an external Bolt address"
+            return Decision::allow(Outcome::Unreadable).with_warning(Warning::new(
+                "could not read the Pod; admitted without an external Bolt address",
+                format!(
+                    "could not read the Pod ({err}); admitted without an external Bolt address"
+                ),
             ))
         }
     };
@@ -275,7 +380,10 @@ pub fn decide(
         .filter(|n| !n.is_empty())
         .or_else(|| pod.metadata.as_ref().and_then(|m| m.namespace.as_deref()))
         .unwrap_or("default");
-    decide_pod(pod, namespace, cluster, config)
+    let mut decision = decide_pod(pod, namespace, cluster, config);
+    decision.pod = Some(PodRef::of(pod, namespace));
+    decision.audit_warnings();
+    decision
 }
 
 /// The decision for a Pod being created in `namespace`.
@@ -292,13 +400,15 @@ pub fn decide_pod(
         Ok(Some(mg)) => mg,
         Ok(None) => return Decision::allow(Outcome::Ignored),
         Err(err) => {
-            return Decision::allow(Outcome::Unreadable).with_warning(format!(
-                "memgraph-address-injector: {err}; admitted without an external Bolt address"
+            return Decision::allow(Outcome::Unreadable).with_warning(Warning::new(
+                format!("{err}; admitted without an external Bolt address"),
+                format!("{err}; admitted without an external Bolt address"),
             ))
         }
     };
     let mut decision = Decision::allow(Outcome::Injected);
     decision.role = Some(mg.role);
+    decision.warnings.extend(mg.warnings.iter().cloned());
     let pod_name = pod.display_name();
 
     let named = pod.annotation(pod::SERVICE_ANNOTATION);
@@ -344,8 +454,27 @@ pub fn decide_pod(
                         "memgraph-address-injector: the external Bolt address of pod {pod_name} is not known yet: {missing}. The pod will be admitted once it is (its StatefulSet retries); set --on-pending=allow to admit such pods without an address"
                     ));
                 }
-                OnPending::Allow => decision.warnings.push(format!(
-                    "memgraph-address-injector: admitted without an external Bolt address: {missing}"
+                OnPending::Allow => decision.warnings.push(Warning::new(
+                    format!("admitted without an external Bolt address: {missing}"),
+                    format!("pod {pod_name} admitted without an external Bolt address: {missing}"),
+                )),
+            }
+            return decision;
+        }
+        Resolution::Unusable(why) => {
+            decision.outcome = Outcome::InvalidHost;
+            match config.on_pending {
+                OnPending::Deny => {
+                    decision.denial = Some(format!(
+                        "memgraph-address-injector: the external Bolt address of pod {pod_name} cannot be decided: {why}. Fix the value; the pod is admitted once it is usable (its StatefulSet retries), or set --on-pending=allow to admit such pods without an address"
+                    ));
+                }
+                OnPending::Allow => decision.warnings.push(Warning::new(
+                    format!(
+                        "Service {}: unusable host; admitted without an address",
+                        service.name
+                    ),
+                    format!("pod {pod_name} admitted without an external Bolt address: {why}"),
                 )),
             }
             return decision;
@@ -374,13 +503,19 @@ pub fn decide_pod(
                 {
                     flags.push(("coordinator-hostname".into(), ext.host.clone()));
                 }
-                None => decision.warnings.push(format!(
-                    "memgraph-address-injector: coordinator {pod_name} (Memgraph {}) sets neither --coordinator-id nor coordination environment variables, so --coordinator-hostname was not set; its own routing-table entry keeps its in-cluster name",
-                    mg.version
+                None => decision.warnings.push(Warning::new(
+                    "--coordinator-hostname not set: no --coordinator-id or coordination variables",
+                    format!(
+                        "coordinator {pod_name} (Memgraph {}) sets neither --coordinator-id nor coordination environment variables, so --coordinator-hostname was not set; its own routing-table entry keeps its in-cluster name",
+                        mg.version
+                    ),
                 )),
-                Some(blocker) => decision.warnings.push(format!(
-                    "memgraph-address-injector: --coordinator-hostname of coordinator {pod_name} (Memgraph {}) left unchanged because {blocker}; its own ROUTE entry keeps its in-cluster name until you register the external address (routing sync) or upgrade to Memgraph 3",
-                    mg.version
+                Some(blocker) => decision.warnings.push(Warning::new(
+                    format!("--coordinator-hostname left unchanged: {}", blocker.summary),
+                    format!(
+                        "--coordinator-hostname of coordinator {pod_name} (Memgraph {}) left unchanged because {}; its own ROUTE entry keeps its in-cluster name until you register the external address (routing sync) or upgrade to Memgraph 3",
+                        mg.version, blocker.detail
+                    ),
                 )),
             }
         }
@@ -416,24 +551,43 @@ pub fn decide_pod(
 /// Why `--coordinator-hostname` must not be rewritten to the external host, if it must not.
 /// On 2.18–2.x the flag is also the Raft and management endpoint, so other coordinators will
 /// dial `host:coordinator-port` and `host:management-port` through the same Service.
+/// Why the hostname flag stays: a short reason for the warning, the whole one for logs.
+struct Blocker {
+    summary: String,
+    detail: String,
+}
+
+fn blocker(summary: impl Into<String>, detail: String) -> Option<Blocker> {
+    Some(Blocker {
+        summary: summary.into(),
+        detail,
+    })
+}
+
 fn hostname_rewrite_blocker(
     mg: &MemgraphPod<'_, '_>,
     service: &ServiceView,
     ext: &ExternalAddress,
     pod: &Pod<'_>,
-) -> Option<String> {
+) -> Option<Blocker> {
     if ext.port != mg.bolt_port {
-        return Some(format!(
-            "the external port {} differs from the Bolt port {} (the flag carries a host only; use a LoadBalancer that exposes port {})",
-            ext.port, mg.bolt_port, mg.bolt_port
-        ));
+        return blocker(
+            format!("external port {} is not the Bolt port {}", ext.port, mg.bolt_port),
+            format!(
+                "the external port {} differs from the Bolt port {} (the flag carries a host only; use a LoadBalancer that exposes port {})",
+                ext.port, mg.bolt_port, mg.bolt_port
+            ),
+        );
     }
     if is_ipv6_literal(&ext.host) {
-        return Some(format!(
-            "the external host {} is an IPv6 literal, which the flag cannot carry; give the Service a DNS name with the annotation {}",
-            ext.host,
-            view::EXTERNAL_HOST_ANNOTATION
-        ));
+        return blocker(
+            "the external host is an IPv6 literal",
+            format!(
+                "the external host {} is an IPv6 literal, which the flag cannot carry; give the Service a DNS name with the annotation {}",
+                ext.host,
+                view::EXTERNAL_HOST_ANNOTATION
+            ),
+        );
     }
     for (what, port) in [
         ("coordinator", mg.coordinator_port),
@@ -442,19 +596,25 @@ fn hostname_rewrite_blocker(
         // Unknown here when it comes from a flag file (MEMGRAPH_CONFIG, memgraph.conf): then we
         // cannot prove the Service carries it, so we must not point Raft traffic at it.
         let Some(port) = port else {
-            return Some(format!(
-                "the {what} port is not on the command line (or in the coordination variables), so it cannot be checked against Service {}; set --{what}-port explicitly",
-                service.name
-            ));
+            return blocker(
+                format!("the {what} port is not on the command line"),
+                format!(
+                    "the {what} port is not on the command line (or in the coordination variables), so it cannot be checked against Service {}; set --{what}-port explicitly",
+                    service.name
+                ),
+            );
         };
         let exposed = service.ports.iter().any(|p| {
             service::port_reaches(p, port, pod) && address::external_port(service, p) == Some(port)
         });
         if !exposed {
-            return Some(format!(
-                "Service {} does not expose the {what} port {port} on the same number (add port {port} targeting {port} to it)",
-                service.name
-            ));
+            return blocker(
+                format!("Service {} does not expose the {what} port {port}", service.name),
+                format!(
+                    "Service {} does not expose the {what} port {port} on the same number (add port {port} targeting {port} to it)",
+                    service.name
+                ),
+            );
         }
     }
     let own = service
@@ -464,10 +624,13 @@ fn hostname_rewrite_blocker(
             .owning_statefulset()
             .is_some_and(|o| service::named_after(&service.name, o));
     if !own {
-        return Some(format!(
-            "Service {} is not this coordinator's own Service (its selector is not pod-specific and its name does not start with the StatefulSet's), so Raft traffic for this coordinator could reach another one",
-            service.name
-        ));
+        return blocker(
+            format!("Service {} is not this coordinator's own", service.name),
+            format!(
+                "Service {} is not this coordinator's own Service (its selector is not pod-specific and its name does not start with the StatefulSet's), so Raft traffic for this coordinator could reach another one",
+                service.name
+            ),
+        );
     }
     None
 }

@@ -95,10 +95,16 @@ pub struct ObjectMeta<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct OwnerReference<'a> {
+    #[serde(borrow, default)]
+    pub api_version: Str<'a>,
     #[serde(borrow)]
     pub kind: Str<'a>,
     #[serde(borrow)]
     pub name: Str<'a>,
+    #[serde(borrow, default)]
+    pub uid: Str<'a>,
+    #[serde(default)]
+    pub controller: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +125,9 @@ pub struct Container<'a> {
     pub args: Option<Vec<Str<'a>>>,
     #[serde(borrow, default)]
     pub env: Option<Vec<EnvVar<'a>>>,
+    /// Only whether it is there: variables from a ConfigMap or Secret cannot be read here.
+    #[serde(default, rename = "envFrom")]
+    pub env_from: Option<serde::de::IgnoredAny>,
     #[serde(borrow, default)]
     pub ports: Option<Vec<ContainerPort<'a>>>,
 }
@@ -179,6 +188,16 @@ impl<'a> Pod<'a> {
             (_, Some(g)) => format!("{g}<generated>"),
             _ => "<unnamed>".to_string(),
         }
+    }
+
+    /// The owner marked `controller: true` (the StatefulSet of a StatefulSet pod), else the
+    /// first owner.
+    pub fn controller(&self) -> Option<&OwnerReference<'a>> {
+        let owners = self.metadata.as_ref()?.owner_references.as_ref()?;
+        owners
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .or_else(|| owners.first())
     }
 
     pub fn owning_statefulset(&self) -> Option<&str> {
@@ -351,6 +370,8 @@ pub struct MemgraphPod<'p, 'a> {
     /// The pod sets at least one coordination environment variable, so Memgraph reads its
     /// coordination setup from the environment only.
     pub env_configured: bool,
+    /// What could not be read but did not stop the decision.
+    pub warnings: Vec<crate::Warning>,
 }
 
 const MEMGRAPH_REPOSITORIES: &[&str] = &["memgraph/memgraph", "memgraph/memgraph-mage"];
@@ -525,9 +546,36 @@ pub fn memgraph_pod<'p, 'a>(
     } else {
         Role::Data
     };
+    let mut warnings = Vec::new();
+    // MEMGRAPH_BOLT_PORT wins over --bolt-port in Memgraph; from a Secret or ConfigMap its
+    // value is not in the pod spec, so the flag (or 7687) is assumed and the user told.
+    let bolt_env_hidden = container
+        .env
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .any(|e| e.name == "MEMGRAPH_BOLT_PORT" && e.value.is_none() && e.value_from.is_some());
+    let bolt_env = (!bolt_env_hidden).then_some("MEMGRAPH_BOLT_PORT");
     let bolt_port = container
-        .port_setting(Some("bolt-port"), Some("MEMGRAPH_BOLT_PORT"))?
+        .port_setting(Some("bolt-port"), bolt_env)?
         .unwrap_or(7687);
+    if bolt_env_hidden {
+        warnings.push(crate::Warning::new(
+            format!("MEMGRAPH_BOLT_PORT comes from valueFrom and cannot be read; assumed {bolt_port}"),
+            format!(
+                "container {} sets MEMGRAPH_BOLT_PORT with valueFrom, whose value the webhook cannot read at admission; it assumed the Bolt port {bolt_port} (--bolt-port or 7687). Set MEMGRAPH_BOLT_PORT with value: or use --bolt-port",
+                container.name
+            ),
+        ));
+    } else if container.env_from.is_some() && !container.has_env("MEMGRAPH_BOLT_PORT") {
+        warnings.push(crate::Warning::new(
+            format!("envFrom may set MEMGRAPH_BOLT_PORT, which cannot be read; assumed {bolt_port}"),
+            format!(
+                "container {} takes variables with envFrom; if they set MEMGRAPH_BOLT_PORT, the webhook cannot read it at admission and assumed the Bolt port {bolt_port} (--bolt-port or 7687). Set MEMGRAPH_BOLT_PORT with value: or use --bolt-port",
+                container.name
+            ),
+        ));
+    }
     // With any coordination variable set, Memgraph reads those variables only (trap 2).
     let (coordinator_port, management_port) = if env_configured {
         (
@@ -563,6 +611,7 @@ pub fn memgraph_pod<'p, 'a>(
         version,
         version_source,
         env_configured,
+        warnings,
     }))
 }
 

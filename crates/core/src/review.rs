@@ -173,8 +173,8 @@ struct ResponseOut<'a> {
     patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     patch: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     audit_annotations: &'a BTreeMap<String, String>,
 }
@@ -197,7 +197,11 @@ pub fn encode(uid: &str, decision: &super::Decision) -> Vec<u8> {
                 .map(|message| StatusOut { code: 403, message }),
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch,
-            warnings: &decision.warnings,
+            warnings: decision
+                .warnings
+                .iter()
+                .map(|w| w.summary.as_str())
+                .collect(),
             audit_annotations: &decision.audit_annotations,
         },
     };

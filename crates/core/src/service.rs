@@ -26,7 +26,7 @@ pub enum ServiceChoice<'c> {
         service: &'c ServiceView,
         port: &'c ServicePortView,
         /// Set when several candidates tied and the first by name was taken.
-        ambiguity: Option<String>,
+        ambiguity: Option<crate::Warning>,
     },
     /// No Service in the namespace exposes the pod outside the cluster.
     NoCandidate,
@@ -144,11 +144,18 @@ pub fn choose<'c>(
             service,
             port,
             ambiguity: (tied.len() > 1).then(|| {
-                format!(
-                    "several Services expose this pod's Bolt port equally ({}); using {} (first by name). Set the pod annotation {}: NAME to choose",
-                    tied.join(", "),
-                    service.name,
-                    super::pod::SERVICE_ANNOTATION
+                crate::Warning::new(
+                    format!(
+                        "{} Services expose this pod equally; using {} (first by name)",
+                        tied.len(),
+                        service.name
+                    ),
+                    format!(
+                        "several Services expose this pod's Bolt port equally ({}); using {} (first by name). Set the pod annotation {}: NAME to choose",
+                        tied.join(", "),
+                        service.name,
+                        super::pod::SERVICE_ANNOTATION
+                    ),
                 )
             }),
         },

@@ -52,7 +52,10 @@ impl Run {
     }
 
     fn warned(&self, needle: &str) -> bool {
-        self.decision.warnings.iter().any(|w| w.contains(needle))
+        self.decision
+            .warnings
+            .iter()
+            .any(|w| w.detail.contains(needle))
     }
 }
 
@@ -646,7 +649,9 @@ fn other_operations_subresources_and_unreadable_pods_are_allowed_untouched() {
     );
     assert_eq!(decision.outcome, Outcome::Unreadable);
     assert!(decision.denial.is_none() && decision.patch.is_empty());
-    assert!(decision.warnings[0].contains("could not read the Pod"));
+    assert!(decision.warnings[0]
+        .detail
+        .contains("could not read the Pod"));
 }
 
 #[test]
@@ -750,4 +755,215 @@ fn a_longer_statefulset_name_is_not_the_owner() {
         "memgraph-coordinator-1x",
         "memgraph-coordinator-1"
     ));
+}
+
+/// The Service the decision picked for `pod` in `cluster`, with `annotation` set to `value`.
+fn annotate_chosen(cluster: &mut ClusterState, pod: &Value, annotation: &str, value: &str) {
+    let r = run_with(pod.clone(), cluster, &Config::default());
+    let source = r.annotation(SOURCE_ANNOTATION).expect("a chosen Service");
+    let name = source.split_whitespace().nth(2).expect("Service name");
+    let mut svc = cluster.service("memgraph", name).expect("Service").clone();
+    match annotation {
+        view::EXTERNAL_HOST_ANNOTATION => svc.external_host_annotation = Some(value.into()),
+        view::EXTERNAL_DNS_ANNOTATION => svc.external_dns_annotation = Some(value.into()),
+        other => panic!("unexpected annotation {other}"),
+    }
+    cluster.upsert_service(svc);
+}
+
+#[test]
+fn bad_hosts_from_annotations_never_reach_a_pod() {
+    let pod = pod_value("pods/coordinator-2.22.yaml");
+    let long = format!("{}.example.com", "a".repeat(300));
+    for annotation in [
+        view::EXTERNAL_HOST_ANNOTATION,
+        view::EXTERNAL_DNS_ANNOTATION,
+    ] {
+        for bad in [
+            "db.example.com:7687",
+            "db example.com",
+            "-db.example.com",
+            long.as_str(),
+            "*.example.com,",
+            "db.example.com\"",
+        ] {
+            let mut cluster = state("loadbalancer.json");
+            annotate_chosen(&mut cluster, &pod, annotation, bad);
+            let r = run_with(pod.clone(), &cluster, &Config::default());
+            if annotation == view::EXTERNAL_DNS_ANNOTATION && bad == "*.example.com," {
+                // Only wildcards: the Service's own address is used, with a warning.
+                assert_eq!(r.decision.outcome, Outcome::Injected, "{bad:?}");
+                assert!(
+                    r.warned("only wildcard entries"),
+                    "{:?}",
+                    r.decision.warnings
+                );
+                continue;
+            }
+            assert_eq!(
+                r.decision.outcome,
+                Outcome::InvalidHost,
+                "{annotation} {bad:?}"
+            );
+            assert!(
+                r.decision.patch.is_empty(),
+                "{bad:?}: {:?}",
+                r.decision.patch
+            );
+            let denial = r.decision.denial.clone().expect("denied");
+            assert!(denial.contains(annotation), "{denial}");
+            assert!(denial.contains("memgraph-coordinator-1"), "{denial}");
+            assert!(denial.len() < 600, "a 300-character value is cut: {denial}");
+
+            let allow = Config {
+                on_pending: OnPending::Allow,
+                ..Config::default()
+            };
+            let r = run_with(pod.clone(), &cluster, &allow);
+            assert!(r.decision.denial.is_none());
+            assert!(r.decision.patch.is_empty(), "never a rewritten flag");
+            assert!(r.warned(annotation), "{:?}", r.decision.warnings);
+        }
+    }
+}
+
+#[test]
+fn external_dns_lists_skip_wildcards() {
+    let pod = pod_value("pods/data-3x.yaml");
+    let mut cluster = state("loadbalancer.json");
+    annotate_chosen(
+        &mut cluster,
+        &pod,
+        view::EXTERNAL_DNS_ANNOTATION,
+        "*.graph.example.com, data-0.graph.example.com,other.example.com",
+    );
+    let r = run_with(pod, &cluster, &Config::default());
+    assert_eq!(
+        r.annotation(ADDRESS_ANNOTATION),
+        Some("data-0.graph.example.com:7687")
+    );
+}
+
+#[test]
+fn node_addresses_that_are_not_hosts_are_skipped() {
+    let mut cluster = state("nodeport.yaml");
+    let names: Vec<String> = cluster.nodes().map(|n| n.name.clone()).collect();
+    for name in &names {
+        let mut node = cluster.nodes().find(|n| &n.name == name).unwrap().clone();
+        for (kind, address) in &mut node.addresses {
+            if kind == "ExternalIP" && name == &names[0] {
+                *address = "203.0.113.10 --evil".into();
+            }
+        }
+        cluster.upsert_node(node);
+    }
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
+    let address = r.annotation(ADDRESS_ANNOTATION).expect("an address");
+    assert!(!address.contains(' '), "{address}");
+}
+
+#[test]
+fn a_bad_ingress_hostname_is_refused() {
+    let mut cluster = state("loadbalancer.json");
+    let pod = pod_value("pods/data-3x.yaml");
+    let r = run_with(pod.clone(), &cluster, &Config::default());
+    let name = r
+        .annotation(SOURCE_ANNOTATION)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let mut svc = cluster.service("memgraph", &name).unwrap().clone();
+    svc.ingress = vec![view::LoadBalancerIngress {
+        ip: None,
+        hostname: Some("elb.example.com:443".into()),
+    }];
+    cluster.upsert_service(svc);
+    let r = run_with(pod, &cluster, &Config::default());
+    assert_eq!(r.decision.outcome, Outcome::InvalidHost);
+    assert!(r
+        .decision
+        .denial
+        .unwrap()
+        .contains("status.loadBalancer.ingress hostname"));
+}
+
+#[test]
+fn warnings_are_short_and_their_detail_is_audited() {
+    let mut pod = pod_value("pods/coordinator-2.22.yaml");
+    // A very long Service name in every warning.
+    let mut cluster = state("nodeport.yaml");
+    let long_name = format!("memgraph-coordinator-1-{}", "x".repeat(40));
+    let chosen: Vec<_> = cluster.services_in("memgraph").cloned().collect();
+    for mut svc in chosen {
+        svc.name = format!("{}-{}", svc.name, "x".repeat(40));
+        cluster.upsert_service(svc);
+    }
+    pod["metadata"]["name"] = json!(long_name);
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "operation": "CREATE", "namespace": "memgraph",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": pod,
+        }
+    })
+    .to_string();
+    let request = review::parse(review.as_bytes()).unwrap();
+    let decision = decide(&request, &cluster, &Config::default());
+    assert!(!decision.warnings.is_empty());
+    for w in &decision.warnings {
+        assert!(
+            w.summary.chars().count() <= MAX_WARNING_LEN,
+            "{}",
+            w.summary
+        );
+        assert!(w.detail.len() >= w.summary.len() - WARNING_PREFIX.len());
+    }
+    assert_eq!(
+        decision.audit_annotations.get("warning-1"),
+        Some(&decision.warnings[0].detail)
+    );
+    let encoded: Value = serde_json::from_slice(&review::encode("u", &decision)).unwrap();
+    for w in encoded["response"]["warnings"].as_array().unwrap() {
+        assert!(w.as_str().unwrap().chars().count() <= MAX_WARNING_LEN);
+    }
+    let pod_ref = decision.pod.unwrap();
+    assert_eq!(pod_ref.to_string(), format!("memgraph/{long_name}"));
+}
+
+#[test]
+fn pods_without_a_name_are_named_by_generate_name_and_owner() {
+    let mut pod = pod_value("pods/data-3x.yaml");
+    pod["metadata"].as_object_mut().unwrap().remove("name");
+    pod["metadata"]["generateName"] = json!("memgraph-data-0-");
+    let text = pod.to_string();
+    let typed: Pod<'_> = serde_json::from_str(&text).unwrap();
+    let pod_ref = PodRef::of(&typed, "memgraph");
+    let shown = pod_ref.to_string();
+    assert!(shown.starts_with("memgraph/memgraph-data-0-*"), "{shown}");
+    assert!(shown.contains("StatefulSet"), "{shown}");
+}
+
+#[test]
+fn bolt_port_from_value_from_or_env_from_is_a_warning() {
+    let mut pod = pod_value("pods/data-3x.yaml");
+    pod["spec"]["containers"][0]["env"] = json!([
+        {"name": "MEMGRAPH_BOLT_PORT", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}
+    ]);
+    let r = run_with(pod.clone(), &state("nodeport.yaml"), &Config::default());
+    assert!(
+        r.warned("MEMGRAPH_BOLT_PORT with valueFrom"),
+        "{:?}",
+        r.decision.warnings
+    );
+    assert!(r.annotation(ADDRESS_ANNOTATION).is_some());
+
+    let mut pod = pod_value("pods/data-3x.yaml");
+    pod["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "c"}}]);
+    let r = run_with(pod, &state("nodeport.yaml"), &Config::default());
+    assert!(r.warned("envFrom"), "{:?}", r.decision.warnings);
 }
