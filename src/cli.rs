@@ -19,7 +19,7 @@ use crate::server::{self, AppState, ServeOptions};
 #[derive(Parser, Debug)]
 #[command(
     name = "memgraph-address-injector",
-    version,
+    version = crate::LONG_VERSION,
     about = "Mutating admission webhook that injects the externally reachable Bolt address into Memgraph HA pods"
 )]
 pub struct Cli {
@@ -156,6 +156,10 @@ pub struct ServeArgs {
     /// Time a client has to send its request headers, in seconds.
     #[arg(long, env = "MAI_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_read_timeout_seconds: u64,
+    /// Open HTTPS connections at most (each idle TLS connection costs ~30 KiB); past it a
+    /// new connection is closed at once, so the client can retry another replica.
+    #[arg(long, env = "MAI_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "MAI_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
@@ -217,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.decision.config()?;
+    let mut reporter = crate::report::Reporter::log_only();
     let cluster = match &args.cluster_state {
         Some(path) => {
             let state = cluster::load_state_file(&path.to_string_lossy())?;
@@ -231,18 +236,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let client = kube::Client::try_default().await.context(
                 "cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)",
             )?;
+            reporter = crate::report::Reporter::with_events(client.clone());
             SharedCluster::watched(client)
         }
     };
     if args.max_in_flight == 0 {
         bail!("--max-in-flight must be at least 1");
     }
-    let app = AppState::new(
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let mut app = AppState::new(
         cluster,
         config,
         Duration::from_millis(args.request_budget_ms),
         args.max_in_flight,
     );
+    app.reporter = reporter;
     server::serve(
         ServeOptions {
             listen: args.listen,
@@ -256,6 +266,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
             shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
             header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
+            max_connections: args.max_connections,
         },
         app,
     )
@@ -325,7 +336,7 @@ fn review_cmd(args: ReviewArgs) -> anyhow::Result<()> {
         return print_stdout(&review::encode(&request.uid, &decision));
     }
     for warning in &decision.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", warning.detail);
     }
     if let Some(denial) = &decision.denial {
         eprintln!("denied: {denial}");

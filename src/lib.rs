@@ -8,10 +8,23 @@
 
 pub use memgraph_address_core as decision;
 
+/// The crate version, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit built (`build.rs`): short hash, `MAI_GIT_COMMIT`, or `unknown`.
+pub const COMMIT: &str = env!("MAI_BUILD_COMMIT");
+/// What `--version` prints after the program name.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MAI_BUILD_COMMIT"),
+    ")"
+);
+
 pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod metrics;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod tls;

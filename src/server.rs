@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,7 @@ use axum::Router;
 
 use crate::cluster::SharedCluster;
 use crate::decision::{self, review, Config};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 
 /// The API server's limit on a request body is 3 MiB, on an object ~1.5 MiB; anything past
 /// 7 MiB is not an AdmissionReview.
@@ -45,7 +46,12 @@ pub struct ServeOptions {
     /// stop sending new requests here first.
     pub shutdown_delay: Duration,
     pub header_read_timeout: Duration,
+    /// Open HTTPS connections at most; past it a new connection is closed at once.
+    pub max_connections: usize,
 }
+
+/// Open connections on the plain-HTTP health listener at most: probes and a scraper or two.
+pub const HEALTH_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -63,6 +69,8 @@ pub struct AppState {
     /// Set on SIGTERM: /readyz fails so that the Service stops routing here, while the
     /// server keeps answering for the shutdown delay.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Logs each decision and turns warnings and denials into Events.
+    pub reporter: crate::report::Reporter,
 }
 
 impl AppState {
@@ -81,6 +89,7 @@ impl AppState {
             max_in_flight,
             serving: None,
             draining: Arc::default(),
+            reporter: crate::report::Reporter::log_only(),
         }
     }
 }
@@ -97,7 +106,7 @@ fn plain(status: StatusCode, message: String) -> Response {
 async fn mutate(State(app): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
-        app.metrics.record_bad_request("overloaded");
+        app.metrics.record_bad_request(Rejection::Overloaded);
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -107,7 +116,7 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
         );
     };
     if !is_json(request.headers()) {
-        app.metrics.record_bad_request("content_type");
+        app.metrics.record_bad_request(Rejection::ContentType);
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the request must have Content-Type: application/json (an AdmissionReview)".into(),
@@ -115,13 +124,15 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
     }
     // The header timeout does not cover the body: a client trickling it would hold an
     // in-flight slot for ever, so the body shares the request's budget.
+    // The router's DefaultBodyLimit (BODY_LIMIT) applies; the rejection says by type
+    // whether the limit was hit.
     let read = tokio::time::timeout(
         app.request_budget,
-        axum::body::to_bytes(request.into_body(), BODY_LIMIT),
+        <Bytes as axum::extract::FromRequest<()>>::from_request(request, &()),
     );
     let body = match read.await {
         Err(_) => {
-            app.metrics.record_bad_request("body_timeout");
+            app.metrics.record_bad_request(Rejection::BodyTimeout);
             return plain(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -131,20 +142,18 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
             );
         }
         Ok(Ok(body)) => body,
+        Ok(Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)))) => {
+            app.metrics.record_bad_request(Rejection::TooLarge);
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body exceeds {BODY_LIMIT} bytes (7 MiB); an AdmissionReview is far smaller"),
+            );
+        }
         Ok(Err(err)) => {
-            let too_large = std::error::Error::source(&err)
-                .is_some_and(|s| s.to_string().contains("length limit"));
-            if too_large {
-                app.metrics.record_bad_request("too_large");
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body exceeds {BODY_LIMIT} bytes (7 MiB); an AdmissionReview is far smaller"),
-                );
-            }
-            app.metrics.record_bad_request("body");
+            app.metrics.record_bad_request(Rejection::Body);
             return plain(
                 StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {err}"),
+                format!("cannot read the request body: {}", err.body_text()),
             );
         }
     };
@@ -155,7 +164,7 @@ async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response 
     let request = match review::parse(&body) {
         Ok(request) => request,
         Err(err) => {
-            app.metrics.record_bad_request("invalid_review");
+            app.metrics.record_bad_request(Rejection::InvalidReview);
             return plain(StatusCode::BAD_REQUEST, err.to_string());
         }
     };
@@ -177,21 +186,9 @@ async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response 
             decision = again;
         }
     }
-    let role = decision.role.map(|r| r.as_str()).unwrap_or("none");
     app.metrics
-        .record(decision.outcome.as_str(), role, started.elapsed());
-    if decision.outcome != decision::Outcome::Ignored {
-        tracing::info!(
-            uid = %request.uid,
-            namespace = request.namespace.as_deref().unwrap_or(""),
-            result = decision.outcome.as_str(),
-            role,
-            address = decision.address.as_deref().unwrap_or(""),
-            denied = decision.denial.as_deref().unwrap_or(""),
-            dry_run = request.dry_run.unwrap_or(false),
-            "admission review"
-        );
-    }
+        .record(decision.outcome, decision.role, started.elapsed());
+    app.reporter.decided(&request, &decision);
     let bytes = review::encode(&request.uid, &decision);
     (
         StatusCode::OK,
@@ -260,7 +257,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
     plain(StatusCode::OK, "ok".into())
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let cache = {
         let state = app.cluster.read();
         crate::metrics::CacheStats {
@@ -270,18 +267,19 @@ async fn metrics(State(app): State<AppState>) -> Response {
             watch_errors: app.cluster.watch_errors(),
         }
     };
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(&cache, app.serving.as_deref()),
-    )
-        .into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
+    match app.metrics.encode(format, &cache, app.serving.as_deref()) {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(err) => plain(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
 }
 
 pub fn webhook_router(app: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
-        // The body limit is enforced in the handler, with a message that says so.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Enforced when the handler reads the body, which answers with a message that says so.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
 
@@ -301,20 +299,13 @@ pub async fn serve(options: ServeOptions, mut app: AppState) -> Result<(), Serve
     app.serving = Some(reloader.serving.clone());
     reloader.spawn(options.cert_poll);
 
-    let health_listener = tokio::net::TcpListener::bind(options.health_listen)
-        .await
-        .map_err(|cause| ServeError::Bind {
-            addr: options.health_listen,
-            cause,
-        })?;
-    let webhook_listener =
-        std::net::TcpListener::bind(options.listen).map_err(|cause| ServeError::Bind {
-            addr: options.listen,
-            cause,
-        })?;
-    webhook_listener
-        .set_nonblocking(true)
-        .map_err(ServeError::Serve)?;
+    let bind = |addr: SocketAddr| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|cause| ServeError::Bind { addr, cause })
+    };
+    let health_listener = bind(options.health_listen)?;
+    let webhook_listener = bind(options.listen)?;
 
     let handle = axum_server::Handle::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -337,17 +328,34 @@ pub async fn serve(options: ServeOptions, mut app: AppState) -> Result<(), Serve
         });
     }
 
-    let health = {
+    // The health listener gets the same defences as the webhook's: a header timeout and a
+    // connection cap, so that nothing on the pod network can pile up connections on it.
+    let health_handle = axum_server::Handle::new();
+    {
+        let health_handle = health_handle.clone();
         let mut stop = stop_rx.clone();
-        axum::serve(health_listener, health_router(app.clone())).with_graceful_shutdown(
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        )
-    };
-    tracing::info!(webhook = %options.listen, health = %options.health_listen, "serving");
+        let grace = options.shutdown_grace;
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            health_handle.graceful_shutdown(Some(grace));
+        });
+    }
+    let mut health = axum_server::from_tcp(health_listener)
+        .map_err(ServeError::Serve)?
+        .map(|plain| Capped::new(plain, HEALTH_MAX_CONNECTIONS, "health"))
+        .handle(health_handle);
+    health
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let health = health.serve(health_router(app.clone()).into_make_service());
+
+    tracing::info!(webhook = %options.listen, health = %options.health_listen, max_connections = options.max_connections, "serving");
+    let max_connections = options.max_connections;
     let mut webhook = axum_server::from_tcp_rustls(webhook_listener, tls)
         .map_err(ServeError::Serve)?
+        .map(|tls| Capped::new(tls, max_connections, "webhook"))
         .handle(handle);
     // A client that never finishes its headers is dropped instead of holding a connection.
     webhook
@@ -360,6 +368,129 @@ pub async fn serve(options: ServeOptions, mut app: AppState) -> Result<(), Serve
     webhook.map_err(ServeError::Serve)?;
     health.map_err(ServeError::Serve)?;
     Ok(())
+}
+
+/// An acceptor that caps open connections. Past the cap a new connection is closed at once,
+/// before any TLS work: memory stays bounded, and the client (the API server) gets a prompt
+/// error it can retry on another replica, rather than waiting behind idle keep-alive
+/// connections that may never close.
+#[derive(Clone)]
+pub struct Capped<A> {
+    inner: A,
+    slots: Arc<tokio::sync::Semaphore>,
+    cap: usize,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    listener: &'static str,
+}
+
+impl<A> Capped<A> {
+    pub fn new(inner: A, cap: usize, listener: &'static str) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(tokio::sync::Semaphore::new(cap)),
+            cap,
+            refused: Arc::default(),
+            listener,
+        }
+    }
+}
+
+impl<A, I, S> axum_server::accept::Accept<I, S> for Capped<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = Counted<A::Stream>;
+    type Service = A::Service;
+    type Future =
+        futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            drop(stream);
+            // Logged at 1, 2, 4, 8, ... refusals: visible, but no log flood under attack.
+            let refused = self
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    listener = self.listener,
+                    cap = self.cap,
+                    refused_total = refused,
+                    "connection refused: the connection cap is reached"
+                );
+            }
+            return Box::pin(std::future::ready(Err(std::io::Error::other(
+                "the connection cap is reached",
+            ))));
+        };
+        let accepted = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            Ok((
+                Counted {
+                    inner: stream,
+                    _slot: slot,
+                },
+                service,
+            ))
+        })
+    }
+}
+
+/// A connection holding one slot of its listener's cap until it is dropped.
+pub struct Counted<T> {
+    inner: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn shutdown_signal() {

@@ -294,7 +294,8 @@ impl RoutingCluster {
                     ext.source.describe()
                 ),
             },
-            Resolution::Pending(why) => External::Unknown(why),
+            // An unusable host is never written; it is reported like an address not known yet.
+            Resolution::Pending(why) | Resolution::Unusable(why) => External::Unknown(why),
         }
     }
 }

@@ -1,0 +1,335 @@
+//! What an operator must know about a decision reaches them. The pod creator is usually the
+//! StatefulSet controller, which drops admission warnings, so every decision is logged with
+//! the pod's name (or generateName and owner), and warnings and denials become Events on the
+//! owning StatefulSet, where `kubectl describe statefulset` shows them. Dry-run requests get
+//! no Events (the webhook's `sideEffects: NoneOnDryRun` promises that).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, PostParams};
+
+use crate::decision::review::AdmissionRequest;
+use crate::decision::{Decision, PodRef};
+
+/// The component name on Events.
+pub const COMPONENT: &str = "memgraph-address-injector";
+/// Event reasons, one per kind of message.
+pub const REASON_WARNING: &str = "ExternalAddressWarning";
+pub const REASON_PENDING: &str = "ExternalAddressPending";
+pub const REASON_DENIED: &str = "ExternalAddressDenied";
+
+/// The same message about the same owner is sent at most once in this window: the
+/// StatefulSet controller retries a denied pod with backoff, and one Event says it all.
+const REPEAT_WINDOW: Duration = Duration::from_secs(300);
+/// Events waiting to be sent; past it, new ones are dropped (and logged), never queued
+/// without bound, and admission never waits for them.
+const QUEUE: usize = 256;
+/// The API server limits an Event message to 1 KiB.
+const MAX_MESSAGE: usize = 1024;
+
+/// One Event to create.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Notice {
+    pub namespace: String,
+    pub object: ObjectRef,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+/// The Events a decision calls for: one per warning and one for a denial, about the pod's
+/// owner (the StatefulSet), or the pod itself when it has none. Pure, for tests.
+pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
+    let Some(pod) = &decision.pod else {
+        return Vec::new();
+    };
+    if dry_run {
+        return Vec::new();
+    }
+    let object = match &pod.owner {
+        Some(owner) => ObjectRef {
+            api_version: owner.api_version.clone(),
+            kind: owner.kind.clone(),
+            name: owner.name.clone(),
+            uid: Some(owner.uid.clone()).filter(|u| !u.is_empty()),
+        },
+        None => ObjectRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod
+                .name
+                .clone()
+                .or_else(|| pod.generate_name.clone())
+                .unwrap_or_default(),
+            uid: None,
+        },
+    };
+    if object.name.is_empty() {
+        return Vec::new();
+    }
+    let subject = pod_label(pod);
+    let mut out = Vec::new();
+    if let Some(denial) = &decision.denial {
+        let reason = match decision.outcome {
+            crate::decision::Outcome::Pending => REASON_PENDING,
+            _ => REASON_DENIED,
+        };
+        out.push(Notice {
+            namespace: pod.namespace.clone(),
+            object: object.clone(),
+            reason,
+            message: cut(format!("pod {subject}: {denial}")),
+        });
+    }
+    for warning in &decision.warnings {
+        out.push(Notice {
+            namespace: pod.namespace.clone(),
+            object: object.clone(),
+            reason: REASON_WARNING,
+            message: cut(format!("pod {subject}: {}", warning.detail)),
+        });
+    }
+    out
+}
+
+fn pod_label(pod: &PodRef) -> String {
+    match (&pod.name, &pod.generate_name) {
+        (Some(name), _) => name.clone(),
+        (None, Some(prefix)) => format!("{prefix}*"),
+        (None, None) => "<unnamed>".into(),
+    }
+}
+
+fn cut(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// Logs decisions and sends their Events in the background.
+#[derive(Clone, Default)]
+pub struct Reporter {
+    events: Option<tokio::sync::mpsc::Sender<Notice>>,
+    recent: Arc<Mutex<HashMap<Notice, Instant>>>,
+}
+
+impl Reporter {
+    /// Logs only (state-file mode, tests without an API server).
+    pub fn log_only() -> Self {
+        Self::default()
+    }
+
+    /// Logs, and creates Events through `client` (RBAC: `events: create`).
+    pub fn with_events(client: kube::Client) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(QUEUE);
+        let instance = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| COMPONENT.to_string());
+        tokio::spawn(async move {
+            while let Some(notice) = rx.recv().await {
+                let api: Api<Event> = Api::namespaced(client.clone(), &notice.namespace);
+                let event = to_event(&notice, &instance);
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    api.create(&PostParams::default(), &event),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => tracing::warn!(
+                        namespace = %notice.namespace,
+                        object = %notice.object.name,
+                        reason = notice.reason,
+                        error = %err,
+                        "cannot record an Event"
+                    ),
+                    Err(_) => tracing::warn!(
+                        namespace = %notice.namespace,
+                        object = %notice.object.name,
+                        "recording an Event timed out"
+                    ),
+                }
+            }
+        });
+        Self {
+            events: Some(tx),
+            recent: Arc::default(),
+        }
+    }
+
+    /// Called once per decided request, after the decision and before the answer.
+    pub fn decided(&self, request: &AdmissionRequest<'_>, decision: &Decision) {
+        if decision.outcome == crate::decision::Outcome::Ignored {
+            return;
+        }
+        let dry_run = request.dry_run.unwrap_or(false);
+        let pod = decision
+            .pod
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "<no pod>".into());
+        let role = decision.role.map(|r| r.as_str()).unwrap_or("none");
+        tracing::info!(
+            pod = %pod,
+            uid = %request.uid,
+            result = decision.outcome.as_str(),
+            role,
+            address = decision.address.as_deref().unwrap_or(""),
+            dry_run,
+            "admission decided"
+        );
+        for warning in &decision.warnings {
+            tracing::warn!(pod = %pod, uid = %request.uid, dry_run, "{}", warning.detail);
+        }
+        if let Some(denial) = &decision.denial {
+            tracing::warn!(pod = %pod, uid = %request.uid, dry_run, "denied: {denial}");
+        }
+        let Some(events) = &self.events else {
+            return;
+        };
+        let now = Instant::now();
+        for notice in notices(decision, dry_run) {
+            if !self.first_in_window(&notice, now) {
+                continue;
+            }
+            if events.try_send(notice).is_err() {
+                tracing::warn!(pod = %pod, "Event queue full; an Event was dropped");
+            }
+        }
+    }
+
+    /// True when this notice was not sent within the repeat window.
+    fn first_in_window(&self, notice: &Notice, now: Instant) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() > 4 * QUEUE {
+            recent.retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
+        }
+        match recent.get(notice) {
+            Some(at) if now.duration_since(*at) < REPEAT_WINDOW => false,
+            _ => {
+                recent.insert(notice.clone(), now);
+                true
+            }
+        }
+    }
+}
+
+fn to_event(notice: &Notice, instance: &str) -> Event {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", notice.object.name)),
+            namespace: Some(notice.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(notice.object.api_version.clone()),
+            kind: Some(notice.object.kind.clone()),
+            name: Some(notice.object.name.clone()),
+            namespace: Some(notice.namespace.clone()),
+            uid: notice.object.uid.clone(),
+            ..Default::default()
+        },
+        reason: Some(notice.reason.to_string()),
+        message: Some(notice.message.clone()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some(COMPONENT.into()),
+            host: None,
+        }),
+        reporting_component: Some(COMPONENT.into()),
+        reporting_instance: Some(instance.to_string()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{OwnerRef, Warning};
+
+    fn decision(outcome: crate::decision::Outcome) -> Decision {
+        let request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"DELETE"}}"#;
+        let request = crate::decision::review::parse(request).unwrap();
+        let mut d = crate::decision::decide(
+            &request,
+            &Default::default(),
+            &crate::decision::Config::default(),
+        );
+        d.outcome = outcome;
+        d.pod = Some(PodRef {
+            namespace: "memgraph".into(),
+            name: Some("memgraph-data-0-0".into()),
+            generate_name: Some("memgraph-data-0-".into()),
+            owner: Some(OwnerRef {
+                api_version: "apps/v1".into(),
+                kind: "StatefulSet".into(),
+                name: "memgraph-data-0".into(),
+                uid: "1234".into(),
+            }),
+        });
+        d
+    }
+
+    #[test]
+    fn warnings_and_denials_become_events_on_the_owner_never_on_dry_runs() {
+        use crate::decision::Outcome;
+        let mut d = decision(Outcome::Pending);
+        d.denial = Some("the LoadBalancer has no ingress yet".into());
+        d.warnings
+            .push(Warning::new("short", "the whole explanation of it"));
+        let n = notices(&d, false);
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[0].reason, REASON_PENDING);
+        assert_eq!(n[0].object.kind, "StatefulSet");
+        assert_eq!(n[0].object.uid.as_deref(), Some("1234"));
+        assert!(n[0].message.contains("memgraph-data-0-0"));
+        assert_eq!(n[1].reason, REASON_WARNING);
+        assert!(n[1].message.ends_with("the whole explanation of it"));
+        assert!(notices(&d, true).is_empty(), "dry run");
+
+        let clean = decision(Outcome::Injected);
+        assert!(notices(&clean, false).is_empty());
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_the_api_limit() {
+        let mut d = decision(crate::decision::Outcome::InvalidHost);
+        d.denial = Some("é".repeat(2000));
+        let n = notices(&d, false);
+        assert!(n[0].message.len() <= MAX_MESSAGE);
+        assert_eq!(n[0].reason, REASON_DENIED);
+    }
+
+    #[test]
+    fn the_same_notice_is_sent_once_per_window() {
+        let reporter = Reporter::log_only();
+        let mut d = decision(crate::decision::Outcome::Pending);
+        d.denial = Some("pending".into());
+        let notice = notices(&d, false).remove(0);
+        let now = Instant::now();
+        assert!(reporter.first_in_window(&notice, now));
+        assert!(!reporter.first_in_window(&notice, now + Duration::from_secs(10)));
+        assert!(reporter.first_in_window(&notice, now + REPEAT_WINDOW + Duration::from_secs(1)));
+    }
+}
