@@ -70,13 +70,12 @@ impl SharedCluster {
         self.client.is_some()
     }
 
-    /// Lists one namespace's Services from the API server (on a cache miss: Helm creates the
-    /// Service and the StatefulSet together, so the watch may lag) and stores them.
-    /// Returns false when no live list was possible in time.
-    pub async fn refresh_namespace(&self, namespace: &str, budget: Duration) -> bool {
-        let Some(client) = &self.client else {
-            return false;
-        };
+    /// A live list of one namespace's Services, after a cache miss, as the view that one
+    /// request decides against (`None` when there is no API server, or the list failed or
+    /// ran out of `budget`). Only the watch writes the cache: a list taken before a delete
+    /// and answered after it must not bring the Service back for everyone.
+    pub async fn live_view(&self, namespace: &str, budget: Duration) -> Option<ClusterState> {
+        let client = self.client.as_ref()?;
         let api: Api<Service> = Api::namespaced(client.clone(), namespace);
         match tokio::time::timeout(budget, api.list(&ListParams::default())).await {
             Ok(Ok(list)) => {
@@ -85,19 +84,15 @@ impl SharedCluster {
                     .iter()
                     .filter_map(ServiceView::from_service)
                     .collect();
-                let version = crate::decision::view::resource_version(
-                    list.metadata.resource_version.as_deref(),
-                );
-                self.write().merge_namespace_list(namespace, views, version);
-                true
+                Some(self.read().with_live_namespace(namespace, views))
             }
             Ok(Err(err)) => {
                 tracing::warn!(%namespace, error = %err, "live list of Services failed");
-                false
+                None
             }
             Err(_) => {
                 tracing::warn!(%namespace, "live list of Services timed out");
-                false
+                None
             }
         }
     }

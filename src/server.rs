@@ -179,8 +179,8 @@ async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response 
             .request_budget
             .saturating_sub(started.elapsed())
             .saturating_sub(Duration::from_millis(100));
-        if app.cluster.refresh_namespace(namespace, budget).await {
-            let Some(again) = decide_guarded(app, &request) else {
+        if let Some(live) = app.cluster.live_view(namespace, budget).await {
+            let Some(again) = guarded(|| decision::decide(&request, &live, &app.config)) else {
                 return panicked(app);
             };
             decision = again;

@@ -58,6 +58,28 @@ async fn node_port(client: &Client, ns: &str, service: &str) -> i32 {
         .expect("nodePort allocated")
 }
 
+/// Waits for an Event of ours (`reason`) on StatefulSet `statefulset`; returns its message.
+async fn our_event(client: &Client, ns: &str, statefulset: &str, reason: &str) -> String {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        Duration::from_secs(60),
+        &format!("a {reason} Event on StatefulSet {ns}/{statefulset}"),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let on = &e.involved_object;
+                (e.reason.as_deref() == Some(reason)
+                    && on.kind.as_deref() == Some("StatefulSet")
+                    && on.name.as_deref() == Some(statefulset)
+                    && on.uid.is_some()
+                    && e.reporting_component.as_deref() == Some("memgraph-address-injector"))
+                .then(|| e.message.unwrap_or_default())
+            })
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_real_control_plane() {
     let started = Instant::now();
@@ -94,6 +116,8 @@ async fn against_a_real_control_plane() {
     eprintln!("scenario 2 (pending LoadBalancer) passed");
     memgraph_222(&client).await;
     eprintln!("scenario 3 (Memgraph 2.22 coordinators) passed");
+    bad_host_annotation(&client).await;
+    eprintln!("bad host values (denied with an Event, then admitted once fixed) passed");
     untouched_pods(&client).await;
     eprintln!("scenario 5 (non-Memgraph, opted out, dryRun) passed");
     manifests_accepted(&client).await;
@@ -183,6 +207,12 @@ async fn pending_loadbalancer(client: &Client) {
         message.contains("no status.loadBalancer.ingress"),
         "{message}"
     );
+    // The same reason as our own Event on the StatefulSet, naming the pod.
+    let ours = our_event(client, ns, "memgraph-data-0", "ExternalAddressPending").await;
+    assert!(
+        ours.contains("memgraph-data-0-0") && ours.contains("memgraph-data-0-external"),
+        "{ours}"
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     assert!(pods.get_opt("memgraph-data-0-0").await.unwrap().is_none());
 
@@ -259,6 +289,18 @@ async fn memgraph_222(client: &Client) {
 
     let pod = wait_pod(client, ns, "memgraph-coordinator-2-0").await;
     assert_eq!(args(&pod), chart_222_coordinator_args(2, ns));
+    // The StatefulSet controller drops admission warnings: the Event carries the explanation.
+    let warning = our_event(
+        client,
+        ns,
+        "memgraph-coordinator-2",
+        "ExternalAddressWarning",
+    )
+    .await;
+    assert!(
+        warning.contains("--coordinator-hostname") && warning.contains("memgraph-coordinator-2-0"),
+        "{warning}"
+    );
     let port = node_port(client, ns, "memgraph-coordinator-2-external").await;
     assert_eq!(env_value(&pod, ENV), Some(format!("203.0.113.10:{port}")));
 
@@ -280,6 +322,64 @@ async fn memgraph_222(client: &Client) {
             .any(|w| w.contains("--coordinator-hostname") && w.contains("left unchanged")),
         "{warnings:?}"
     );
+    // `299 - "text"`: each text within kube-core's 120 characters.
+    for w in &warnings {
+        let text = w.trim_start_matches("299 - ").trim_matches('"');
+        assert!(
+            text.chars().count() <= 120,
+            "{} characters: {text}",
+            text.chars().count()
+        );
+    }
+}
+
+/// A host annotation that is not a host (here with a port) never reaches a pod: the pod is
+/// denied with a message naming the Service and the annotation, our Event on the StatefulSet
+/// says the same, and once the annotation is fixed the controller's retry is admitted.
+async fn bad_host_annotation(client: &Client) {
+    let ns = "e2e-badhost";
+    namespace(client, ns).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let mut svc = external_service("memgraph-data-0", "NodePort", &[7687]);
+    svc.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        "memgraph-address-injector/external-host".to_string(),
+        "db.example.com:7687".to_string(),
+    )]));
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    sets.create(
+        &PostParams::default(),
+        &chart_statefulset(
+            "memgraph-data-0",
+            "data",
+            "memgraph/memgraph:3.12.0",
+            &data_args(),
+        ),
+    )
+    .await
+    .unwrap();
+    let denied = our_event(client, ns, "memgraph-data-0", "ExternalAddressDenied").await;
+    assert!(
+        denied.contains("memgraph-address-injector/external-host")
+            && denied.contains("memgraph-data-0-external")
+            && denied.contains("carries a port"),
+        "{denied}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    assert!(pods.get_opt("memgraph-data-0-0").await.unwrap().is_none());
+
+    let fix = json!({"metadata": {"annotations": {"memgraph-address-injector/external-host": "db.example.com"}}});
+    services
+        .patch(
+            "memgraph-data-0-external",
+            &PatchParams::default(),
+            &Patch::Merge(&fix),
+        )
+        .await
+        .unwrap();
+    let pod = wait_pod(client, ns, "memgraph-data-0-0").await;
+    let port = node_port(client, ns, "memgraph-data-0-external").await;
+    assert_eq!(env_value(&pod, ENV), Some(format!("db.example.com:{port}")));
 }
 
 /// Scenario 5: a non-Memgraph pod, an opted-out pod and a dryRun create.
@@ -440,6 +540,16 @@ async fn least_privilege(client: &Client) {
             );
         }
     }
+    assert!(
+        can("create", "events", Some("e2e-nodeport")).await,
+        "create events must be allowed"
+    );
+    for verb in ["get", "list", "watch", "update", "patch", "delete"] {
+        assert!(
+            !can(verb, "events", Some("e2e-nodeport")).await,
+            "{verb} events must be denied"
+        );
+    }
     for (verb, resource) in [
         ("get", "secrets"),
         ("list", "secrets"),
@@ -575,6 +685,12 @@ fn audit_annotations_recorded(plane: &ControlPlane) {
         audit.contains("bolt-address.memgraph-address-injector.io/bolt-address"),
         "no audit annotation in the audit log"
     );
+    // Warnings are audited with their whole explanation (the 2.22 NodePort coordinator).
+    assert!(
+        audit.contains("bolt-address.memgraph-address-injector.io/warning-1")
+            && audit.contains("left unchanged because"),
+        "no warning audit annotation in the audit log"
+    );
 }
 
 /// Scenario 6: with the webhook down, Memgraph pods fail with a clear error (failurePolicy
@@ -610,6 +726,60 @@ async fn webhook_down(client: &Client, webhook: &mut Webhook) {
     let _ = pods
         .delete("other-while-down", &DeleteParams::default())
         .await;
+
+    // The chart's Job and helm-test pods run the Memgraph image but are not HA instances:
+    // they never reach the webhook, so they start while it is down.
+    let image = "memgraph/memgraph:3.12.0";
+    let (status, _, body) = create_pod_raw(client, ns, &chart_test_pod(image), false).await;
+    assert_eq!(
+        status, 201,
+        "the helm test pod must not need the webhook: {body}"
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns);
+    jobs.create(&PostParams::default(), &from(chart_setup_job(image, ns)))
+        .await
+        .expect("cluster-setup Job");
+    wait_for(
+        Duration::from_secs(60),
+        "the cluster-setup Job's pod, created by the job controller",
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("job-name=cluster-setup"))
+                .await
+                .ok()?;
+            (!list.items.is_empty()).then_some(())
+        },
+    )
+    .await;
+    // A Memgraph standalone (no HA flags) does not need it either ...
+    let standalone = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "standalone"},
+        "spec": {"containers": [{"name": "memgraph", "image": image, "args": ["--bolt-port=7687"]}]}});
+    let (status, _, body) = create_pod_raw(client, ns, &standalone, false).await;
+    assert_eq!(status, 201, "{body}");
+    // ... but an HA instance does, whatever its container is called: by flag or by variable.
+    for (name, container) in [
+        (
+            "ha-by-flag",
+            json!({"name": "db", "image": image, "args": ["--management-port=10000", "--bolt-port=7687"]}),
+        ),
+        (
+            "ha-by-env",
+            json!({"name": "db", "image": image, "env": [{"name": "MEMGRAPH_COORDINATOR_ID", "value": "1"}]}),
+        ),
+        (
+            "ha-by-name",
+            json!({"name": "memgraph-coordinator", "image": "registry.example/custom:1"}),
+        ),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [container]}});
+        let (status, _, body) = create_pod_raw(client, ns, &pod, false).await;
+        assert_eq!(status, 500, "{name} must wait for the webhook: {body}");
+        assert!(
+            body.to_string().contains("failed calling webhook"),
+            "{body}"
+        );
+    }
 }
 
 /// Certificate rotation under load, with the API server as the client: while pods are

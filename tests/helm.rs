@@ -192,7 +192,10 @@ fn renders_the_same_objects_as_the_kustomize_base() {
     assert_eq!(role(&chart), role(&base));
     assert_eq!(
         role(&chart),
-        json!([{"apiGroups": [""], "resources": ["services", "nodes"], "verbs": ["get", "list", "watch"]}])
+        json!([
+            {"apiGroups": [""], "resources": ["services", "nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
+        ])
     );
     for field in ["roleRef", "subjects"] {
         assert_eq!(

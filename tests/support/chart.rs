@@ -80,33 +80,100 @@ pub async fn node(client: &Client, name: &str, addresses: &[(&str, &str)]) {
         .expect("node status");
 }
 
-/// A StatefulSet as the Memgraph HA chart renders one: one per instance, replicas 1.
+/// The labels chart 1.3.x puts on its objects besides `app` and `role`.
+fn chart_labels(name: &str) -> Value {
+    json!({
+        "app": name,
+        "app.kubernetes.io/name": "memgraph-high-availability",
+        "app.kubernetes.io/instance": "memgraph-ha",
+        "app.kubernetes.io/managed-by": "Helm",
+        "helm.sh/chart": "memgraph-high-availability-1.3.3",
+    })
+}
+
+/// A StatefulSet as the Memgraph HA chart (1.3.x) renders one: one per instance, replicas
+/// 1, a privileged `init-sysctl` init container, a log-shipping sidecar, and the
+/// `memgraph-secrets` environment (user, password, license).
 pub fn chart_statefulset(name: &str, role: &str, image: &str, args: &[String]) -> StatefulSet {
     let container = if role == "coordinator" {
         "memgraph-coordinator"
     } else {
         "memgraph-data"
     };
+    let secret = |key: &str| json!({"secretKeyRef": {"name": "memgraph-secrets", "key": key, "optional": true}});
+    let mut pod_labels = chart_labels(name);
+    pod_labels["role"] = json!(role);
     from(json!({
-        "metadata": {"name": name, "labels": {"app": name}},
+        "metadata": {"name": name, "labels": chart_labels(name)},
         "spec": {
             "replicas": 1,
             "serviceName": name,
             "podManagementPolicy": "OrderedReady",
             "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": name, "role": role}},
+                "metadata": {"labels": pod_labels},
                 "spec": {
+                    "initContainers": [{
+                        "name": "init-sysctl",
+                        "image": "busybox:1.36",
+                        "command": ["sysctl", "-w", "vm.max_map_count=262144"],
+                        "securityContext": {"privileged": true, "runAsUser": 0},
+                    }],
                     "containers": [{
                         "name": container,
                         "image": image,
                         "args": args,
+                        "env": [
+                            {"name": "MEMGRAPH_USER", "valueFrom": secret("USER")},
+                            {"name": "MEMGRAPH_PASSWORD", "valueFrom": secret("PASSWORD")},
+                            {"name": "MEMGRAPH_ENTERPRISE_LICENSE", "valueFrom": secret("LICENSE")},
+                            {"name": "MEMGRAPH_ORGANIZATION_NAME", "valueFrom": secret("ORGANIZATION")},
+                        ],
                         "ports": [{"containerPort": 7687}, {"containerPort": 10000}, {"containerPort": 12000}],
+                    }, {
+                        "name": "vector",
+                        "image": "timberio/vector:0.41.1-debian",
+                        "args": ["--config", "/etc/vector/vector.yaml"],
                     }]
                 }
             }
         }
     }))
+}
+
+/// The chart's post-install `cluster-setup` Job: the Memgraph image running mgconsole from a
+/// shell, no Memgraph flags. It must never wait for the webhook.
+pub fn chart_setup_job(image: &str, ns: &str) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "cluster-setup", "labels": chart_labels("cluster-setup"),
+                     "annotations": {"helm.sh/hook": "post-install"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "cluster-setup",
+                "image": image,
+                "command": ["/bin/bash", "-c"],
+                "args": [format!("echo 'SHOW INSTANCES;' | mgconsole --host memgraph-coordinator-1.{ns}.svc.cluster.local --port 7687 # --management-port=10000")],
+            }]
+        }}}
+    })
+}
+
+/// The chart's helm test pod: also the Memgraph image, also mgconsole.
+pub fn chart_test_pod(image: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "memgraph-ha-memgraph-test-connection",
+                     "labels": {"app": "memgraph-ha-test-connection"},
+                     "annotations": {"helm.sh/hook": "test"}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "memgraph-test",
+            "image": image,
+            "command": ["/bin/bash", "-c"],
+            "args": ["echo 'RETURN 0;' | mgconsole --host memgraph-data-0 --port 7687"],
+        }]}
+    })
 }
 
 pub fn coordinator_args(id: u32, ns: &str) -> Vec<String> {
@@ -152,7 +219,15 @@ pub fn data_args() -> Vec<String> {
 pub fn external_service(instance: &str, type_: &str, ports: &[u16]) -> Service {
     let ports: Vec<Value> = ports
         .iter()
-        .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
+        .map(|p| {
+            let name = match p {
+                7687 => "tcp-bolt-port".to_string(),
+                10000 => "tcp-management-port".to_string(),
+                12000 => "tcp-coordinator-port".to_string(),
+                other => format!("tcp-{other}"),
+            };
+            json!({"name": name, "port": p, "targetPort": p, "protocol": "TCP"})
+        })
         .collect();
     from(json!({
         "metadata": {"name": format!("{instance}-external")},

@@ -137,6 +137,8 @@ impl ControlPlane {
             "--enable-priority-and-fairness=false".into(),
             // A loopback advertise address cannot back the `kubernetes` Endpoints.
             "--endpoint-reconciler-type=none".into(),
+            // The chart's init containers are privileged (sysctl); real clusters allow it.
+            "--allow-privileged=true".into(),
             "--v=1".into(),
         ];
         processes.push(spawn(
@@ -166,7 +168,7 @@ impl ControlPlane {
                 format!("--kubeconfig={}", kubeconfig.display()),
                 format!("--authentication-kubeconfig={}", kubeconfig.display()),
                 format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--controllers=statefulset-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller".into(),
+                "--controllers=statefulset-controller,job-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller".into(),
                 format!("--service-account-private-key-file={}", pki_path("sa.key")),
                 format!("--root-ca-file={}", pki_path("ca.crt")),
                 "--use-service-account-credentials=false".into(),

@@ -239,28 +239,19 @@ impl ClusterState {
         }
     }
 
-    /// Merges a live list of one namespace taken at `list_version`: listed Services are
-    /// upserted (a newer copy from the watch wins), and cached ones missing from the list are
-    /// dropped only if they are not newer than the list (a Service the watch delivered while
-    /// the list was in flight stays).
-    pub fn merge_namespace_list(
-        &mut self,
-        namespace: &str,
-        services: Vec<ServiceView>,
-        list_version: u64,
-    ) {
-        let listed: std::collections::BTreeSet<String> =
-            services.iter().map(|s| s.name.clone()).collect();
-        for svc in services {
-            self.upsert_service(svc);
-        }
-        if let Some(map) = self.services.get_mut(namespace) {
-            map.retain(|name, svc| {
-                listed.contains(name) || (list_version != 0 && svc.resource_version > list_version)
-            });
-            if map.is_empty() {
-                self.services.remove(namespace);
-            }
+    /// The view one request decides against after a cache miss: this view's Nodes and the
+    /// namespace's Services exactly as a live list returned them. The cache itself is never
+    /// written from a list (only the watch writes it), so a list taken before a delete can
+    /// never bring the deleted Service back.
+    pub fn with_live_namespace(&self, namespace: &str, services: Vec<ServiceView>) -> Self {
+        let listed: BTreeMap<String, ServiceView> = services
+            .into_iter()
+            .filter(|s| s.namespace == namespace)
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        Self {
+            services: HashMap::from([(namespace.to_string(), listed)]),
+            nodes: self.nodes.clone(),
         }
     }
 
@@ -320,22 +311,36 @@ mod tests {
     }
 
     #[test]
-    fn a_live_list_never_overwrites_what_the_watch_delivered_meanwhile() {
+    fn a_newer_watch_copy_wins_and_state_files_replace() {
         let mut state = ClusterState::default();
-        state.upsert_service(svc("a", 10, 1));
-        state.upsert_service(svc("b", 12, 1));
-        state.upsert_service(svc("gone", 5, 1));
-        // The watch updated `a` (rv 20) and created `c` (rv 21) while a list taken at rv 15
-        // was in flight; the list has the old `a` and `b`, and no `gone`.
         state.upsert_service(svc("a", 20, 2));
-        state.upsert_service(svc("c", 21, 1));
-        state.merge_namespace_list("ns", vec![svc("a", 10, 1), svc("b", 12, 1)], 15);
+        state.upsert_service(svc("a", 10, 1));
         assert_eq!(state.service("ns", "a").unwrap().ports[0].port, 2);
-        assert!(state.service("ns", "b").is_some());
-        assert!(state.service("ns", "c").is_some());
-        assert!(state.service("ns", "gone").is_none());
         // State files carry no versions: plain replacement.
         state.upsert_service(svc("a", 0, 3));
         assert_eq!(state.service("ns", "a").unwrap().ports[0].port, 3);
+    }
+
+    #[test]
+    fn a_live_list_answers_one_request_and_never_touches_the_cache() {
+        // The race: a live list is taken while `gone` still exists; the watch then delivers
+        // its deletion; the list's answer arrives afterwards.
+        let mut cache = ClusterState::default();
+        cache.upsert_service(svc("gone", 5, 1));
+        cache.upsert_node(NodeView {
+            name: "n".into(),
+            ready: true,
+            unschedulable: false,
+            addresses: vec![("ExternalIP".into(), "203.0.113.1".into())],
+        });
+        let list_taken_before_delete = vec![svc("gone", 5, 1)];
+        cache.remove_service("ns", "gone");
+        let live = cache.with_live_namespace("ns", list_taken_before_delete);
+        // The request that asked sees what the list saw ...
+        assert!(live.service("ns", "gone").is_some());
+        assert_eq!(live.node_count(), 1);
+        // ... and the cache, which only the watch writes, keeps the deletion.
+        assert!(cache.service("ns", "gone").is_none());
+        assert_eq!(cache.service_count(), 0);
     }
 }

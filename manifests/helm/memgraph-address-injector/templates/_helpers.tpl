@@ -125,5 +125,5 @@ not change), else fresh ones. Memoised in .Values so the Secret and the caBundle
 {{- range .Values.config.containerNames }}
 {{- $names = append $names (printf "'%s'" .) }}
 {{- end -}}
-object.spec.containers.exists(c, (has(c.image) && c.image.matches('(^|/)memgraph/memgraph(-mage)?([:@].*)?$')) || c.name in [{{ join ", " $names }}])
+object.spec.containers.exists(c, ((has(c.image) && c.image.matches('(^|/)memgraph/memgraph(-mage)?([:@].*)?$')) || c.name in [{{ join ", " $names }}]) && (c.name in ['memgraph-coordinator', 'memgraph-data'] || (has(c.args) && c.args.exists(a, a.matches('^--?(management|coordinator)[-_](port|id)(=|$)'))) || (has(c.command) && c.command.exists(a, a.matches('^--?(management|coordinator)[-_](port|id)(=|$)'))) || (has(c.env) && c.env.exists(e, e.name in ['MEMGRAPH_MANAGEMENT_PORT', 'MEMGRAPH_COORDINATOR_PORT', 'MEMGRAPH_COORDINATOR_ID']))))
 {{- end }}
