@@ -1,3 +1,8 @@
+//! The `memgraph-address-injector` binary: parses the command line, sets up logging, the
+//! TLS provider and the runtime, and runs the library's [`run`].
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -47,7 +47,7 @@ pub enum RoutingCommand {
 
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
-    /// A coordinator's Bolt address: host:port, [v6]:port or bolt://host:port.
+    /// A coordinator's Bolt address: host:port, [IPv6 address]:port or bolt://host:port.
     #[arg(long, env = "MAI_BOLT")]
     pub bolt: String,
     /// Bolt user; no authentication when absent.
