@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 use crate::hostport::{validate_host, HostError};
 use crate::Warning;
 
-use super::view::{ClusterState, ServicePortView, ServiceType, ServiceView};
+use super::view::{ClusterState, NodeView, ServicePortView, ServiceType, ServiceView};
+use crate::nodes::NodeRules;
 
 /// Which rule gave the host; shown in the pod's `source` annotation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +100,9 @@ pub fn resolve(
     cluster: &ClusterState,
     svc: &ServiceView,
     port: &ServicePortView,
-    node_address_types: &[String],
+    rules: &NodeRules<'_>,
 ) -> Resolution {
+    let node_address_types = rules.address_types;
     let Some(ext_port) = external_port(svc, port) else {
         return Resolution::Pending(format!(
             "NodePort Service {} has no nodePort allocated for port {}",
@@ -108,7 +110,8 @@ pub fn resolve(
         ));
     };
     let mut warnings = Vec::new();
-    if svc.type_ == ServiceType::NodePort && svc.external_traffic_policy_local {
+    let local_unknown_node = svc.external_traffic_policy_local && rules.pod_node.is_none();
+    if svc.type_ == ServiceType::NodePort && svc.external_ips.is_empty() && local_unknown_node {
         warnings.push(Warning::new(
             format!(
                 "Service {} has externalTrafficPolicy Local; the pod's node is not known at admission",
@@ -196,52 +199,92 @@ pub fn resolve(
                 }
                 return found(ip, HostSource::ExternalIps, warnings);
             }
-            let usable = || cluster.nodes().filter(|n| n.ready && !n.unschedulable);
+            let of_type = |n: &NodeView, address_type: &str| {
+                n.addresses
+                    .iter()
+                    // A Node address is input too: one that is not a host is skipped.
+                    .filter(|(t, a)| t == address_type && validate_host(a).is_ok())
+                    .map(|(_, a)| a.clone())
+                    .collect::<Vec<_>>()
+            };
+            let node_found = |node: &NodeView,
+                              address_type: &String,
+                              host: String,
+                              warnings: Vec<Warning>| {
+                let mut warnings = warnings;
+                if address_type == "InternalIP" {
+                    warnings.push(Warning::new(
+                        format!("node {}'s address is an InternalIP ({host}); outside clients may not reach it", node.name),
+                        format!(
+                            "no usable node has an ExternalIP address, so the Bolt address uses node {}'s InternalIP {host}; clients outside the node network cannot reach it. Set the Service annotation {} to the right host",
+                            node.name,
+                            super::view::EXTERNAL_HOST_ANNOTATION
+                        ),
+                    ));
+                }
+                found(
+                    &host,
+                    HostSource::Node {
+                        name: node.name.clone(),
+                        address_type: address_type.clone(),
+                    },
+                    warnings,
+                )
+            };
+            let usable = || cluster.nodes().filter(|n| rules.usable(n));
+            // externalTrafficPolicy: Local: only the pod's own node answers on the nodePort.
+            if svc.external_traffic_policy_local {
+                if let Some(name) = rules.pod_node {
+                    let Some(node) = usable().find(|n| n.name == name) else {
+                        return Resolution::Pending(format!(
+                            "Service {} has externalTrafficPolicy: Local and the pod's node {name} is not usable (not Ready, unschedulable, not selected by --node-selector, or gone)",
+                            svc.name
+                        ));
+                    };
+                    for address_type in node_address_types {
+                        let addresses = of_type(node, address_type);
+                        let pick = addresses.iter().find(|a| is_ipv4(a)).or(addresses.first());
+                        if let Some(host) = pick {
+                            return node_found(node, address_type, host.clone(), warnings);
+                        }
+                    }
+                    return Resolution::Pending(format!(
+                        "Service {} has externalTrafficPolicy: Local and the pod's node {name} has no address of type {}",
+                        svc.name,
+                        node_address_types.join(" or ")
+                    ));
+                }
+            }
+            // The host in use stays while its node is usable and still has it.
+            if let Some(host) = rules.keep_host {
+                for address_type in node_address_types {
+                    if let Some(node) =
+                        usable().find(|n| of_type(n, address_type).iter().any(|a| a == host))
+                    {
+                        return node_found(node, address_type, host.to_string(), warnings);
+                    }
+                }
+            }
             for address_type in node_address_types {
-                let of_type = |n: &'_ super::view::NodeView| {
-                    n.addresses
-                        .iter()
-                        // A Node address is input too: one that is not a host is skipped.
-                        .filter(|(t, a)| t == address_type && validate_host(a).is_ok())
-                        .map(|(_, a)| a.clone())
-                        .collect::<Vec<_>>()
-                };
                 // IPv4 on any node first, then whatever the first node has.
                 let pick = usable()
                     .find_map(|n| {
-                        of_type(n)
+                        of_type(n, address_type)
                             .into_iter()
                             .find(|a| is_ipv4(a))
-                            .map(|a| (n.name.clone(), a))
+                            .map(|a| (n, a))
                     })
                     .or_else(|| {
                         usable().find_map(|n| {
-                            of_type(n).into_iter().next().map(|a| (n.name.clone(), a))
+                            of_type(n, address_type).into_iter().next().map(|a| (n, a))
                         })
                     });
                 if let Some((node, host)) = pick {
-                    let mut warnings = warnings;
-                    if address_type == "InternalIP" {
-                        warnings.push(Warning::new(
-                            format!("no Ready node has an ExternalIP; using node {node}'s InternalIP {host}"),
-                            format!(
-                                "no Ready node has an ExternalIP address, so the Bolt address uses node {node}'s InternalIP {host}; clients outside the node network cannot reach it. Set the Service annotation {} to the right host",
-                                super::view::EXTERNAL_HOST_ANNOTATION
-                            ),
-                        ));
-                    }
-                    return found(
-                        &host,
-                        HostSource::Node {
-                            name: node,
-                            address_type: address_type.clone(),
-                        },
-                        warnings,
-                    );
+                    return node_found(node, address_type, host, warnings);
                 }
             }
             Resolution::Pending(format!(
-                "NodePort Service {} needs a node address, but no Ready, schedulable Node has an address of type {}",
+                "NodePort Service {} needs a node address, but no Ready, schedulable Node selected by --node-selector has an address of type {}",
                 svc.name,
                 node_address_types.join(" or ")
             ))

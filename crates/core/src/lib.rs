@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod hostport;
+pub mod nodes;
 pub mod patch;
 pub mod pod;
 pub mod review;
@@ -135,6 +136,8 @@ pub struct Config {
     pub env_name: String,
     pub on_pending: OnPending,
     pub node_address_types: Vec<String>,
+    /// Which Nodes may carry a NodePort address.
+    pub node_selector: nodes::NodeSelector,
     pub coordinator_flag: Option<FlagTemplate>,
 }
 
@@ -150,6 +153,7 @@ impl Default for Config {
             env_name: DEFAULT_ENV_NAME.into(),
             on_pending: OnPending::Deny,
             node_address_types: vec!["ExternalIP".into(), "InternalIP".into()],
+            node_selector: nodes::NodeSelector::default(),
             coordinator_flag: None,
         }
     }
@@ -444,7 +448,10 @@ pub fn decide_pod(
         }
     };
 
-    let ext = match address::resolve(cluster, service, port, &config.node_address_types) {
+    let mut rules = nodes::NodeRules::new(&config.node_address_types, &config.node_selector);
+    // A pod created with spec.nodeName is already placed.
+    rules.pod_node = pod.node_name();
+    let ext = match address::resolve(cluster, service, port, &rules) {
         Resolution::Resolved(ext) => ext,
         Resolution::Pending(missing) => {
             decision.outcome = Outcome::Pending;

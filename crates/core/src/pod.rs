@@ -111,6 +111,8 @@ pub struct OwnerReference<'a> {
 pub struct PodSpec<'a> {
     #[serde(borrow, default, deserialize_with = "objects")]
     pub containers: Option<Vec<Container<'a>>>,
+    #[serde(borrow, default, rename = "nodeName")]
+    pub node_name: Option<Str<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +177,14 @@ impl<'a> Pod<'a> {
             .as_ref()
             .and_then(|s| s.containers.as_deref())
             .unwrap_or(&[])
+    }
+
+    /// The Node the pod is bound to, if any.
+    pub fn node_name(&self) -> Option<&str> {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .filter(|n| !n.is_empty())
     }
 
     /// A name for messages: the pod's name, or its generateName prefix.

@@ -967,3 +967,111 @@ fn bolt_port_from_value_from_or_env_from_is_a_warning() {
     let r = run_with(pod, &state("nodeport.yaml"), &Config::default());
     assert!(r.warned("envFrom"), "{:?}", r.decision.warnings);
 }
+
+fn nodeport_service_for(pod: &Value, cluster: &ClusterState) -> ServiceView {
+    let r = run_with(pod.clone(), cluster, &Config::default());
+    let source = r.annotation(SOURCE_ANNOTATION).expect("a chosen Service");
+    let name = source.split_whitespace().nth(2).unwrap();
+    cluster.service("memgraph", name).unwrap().clone()
+}
+
+#[test]
+fn a_node_in_use_stays_while_usable_and_moves_only_when_not() {
+    let mut cluster = state("nodeport.yaml");
+    cluster.upsert_node(view::NodeView {
+        name: "node-c".into(),
+        ready: true,
+        unschedulable: false,
+        addresses: vec![("ExternalIP".into(), "203.0.113.20".into())],
+        labels: Default::default(),
+    });
+    let pod = pod_value("pods/data-3x.yaml");
+    let svc = nodeport_service_for(&pod, &cluster);
+    let types: Vec<String> = vec!["ExternalIP".into(), "InternalIP".into()];
+    let selector = nodes::NodeSelector::default();
+    let host = |cluster: &ClusterState, keep: Option<&str>| {
+        let mut rules = nodes::NodeRules::new(&types, &selector);
+        rules.keep_host = keep;
+        match address::resolve(cluster, &svc, &svc.ports[0], &rules) {
+            Resolution::Resolved(ext) => ext.host,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Nothing in use: the first usable node by name with an ExternalIP.
+    assert_eq!(host(&cluster, None), "203.0.113.10");
+    // node-c's address in use stays while node-c is usable ...
+    assert_eq!(host(&cluster, Some("203.0.113.20")), "203.0.113.20");
+    // ... and an InternalIP in use stays too (the type is still allowed).
+    assert_eq!(host(&cluster, Some("10.0.0.11")), "10.0.0.11");
+    // node-c cordoned: the address moves.
+    let mut cordoned = cluster.clone();
+    let mut node = cordoned
+        .nodes()
+        .find(|n| n.name == "node-c")
+        .unwrap()
+        .clone();
+    node.unschedulable = true;
+    cordoned.upsert_node(node);
+    assert_eq!(host(&cordoned, Some("203.0.113.20")), "203.0.113.10");
+    // A NotReady node's address, or one no node has, is not kept.
+    assert_eq!(host(&cluster, Some("203.0.113.99")), "203.0.113.10");
+    assert_eq!(host(&cluster, Some("192.0.2.1")), "203.0.113.10");
+}
+
+#[test]
+fn node_selector_limits_the_nodes_for_webhook_decisions() {
+    let mut cluster = state("nodeport.yaml");
+    let names: Vec<String> = cluster.nodes().map(|n| n.name.clone()).collect();
+    let last = names.last().unwrap().clone();
+    let mut edge = cluster.nodes().find(|n| n.name == last).unwrap().clone();
+    edge.labels.insert("edge".into(), "true".into());
+    let edge_addresses: Vec<String> = edge.addresses.iter().map(|(_, a)| a.clone()).collect();
+    cluster.upsert_node(edge);
+    let config = Config {
+        node_selector: "edge=true".parse().unwrap(),
+        ..Config::default()
+    };
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &config);
+    let address = r.decision.address.clone().unwrap();
+    assert!(
+        edge_addresses
+            .iter()
+            .any(|a| address.starts_with(a.as_str())),
+        "{address} is not on the edge node {edge_addresses:?}"
+    );
+    let none = Config {
+        node_selector: "edge=nowhere".parse().unwrap(),
+        ..Config::default()
+    };
+    let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &none);
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    assert!(r.decision.denial.unwrap().contains("--node-selector"));
+}
+
+#[test]
+fn external_traffic_policy_local_uses_the_pods_node_once_scheduled() {
+    let cluster = state("nodeport.yaml");
+    let pod = pod_value("pods/data-3x.yaml");
+    let mut svc = nodeport_service_for(&pod, &cluster);
+    svc.external_traffic_policy_local = true;
+    let types: Vec<String> = vec!["ExternalIP".into(), "InternalIP".into()];
+    let selector = nodes::NodeSelector::default();
+    let last = cluster.nodes().last().unwrap().clone();
+    let mut rules = nodes::NodeRules::new(&types, &selector);
+    rules.pod_node = Some(&last.name);
+    match address::resolve(&cluster, &svc, &svc.ports[0], &rules) {
+        Resolution::Resolved(ext) => {
+            assert!(
+                last.addresses.iter().any(|(_, a)| *a == ext.host),
+                "{ext:?}"
+            );
+            assert!(ext.warnings.iter().all(|w| !w.detail.contains("Local")));
+        }
+        other => panic!("{other:?}"),
+    }
+    rules.pod_node = Some("gone-node");
+    assert!(matches!(
+        address::resolve(&cluster, &svc, &svc.ports[0], &rules),
+        Resolution::Pending(why) if why.contains("gone-node")
+    ));
+}

@@ -159,6 +159,8 @@ pub struct NodeView {
     pub unschedulable: bool,
     /// `(type, address)` in the order the Node reports them.
     pub addresses: Vec<(String, String)>,
+    /// For `--node-selector`.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeView {
@@ -185,6 +187,7 @@ impl NodeView {
                         .collect()
                 })
                 .unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
         })
     }
 }
@@ -332,6 +335,7 @@ mod tests {
             ready: true,
             unschedulable: false,
             addresses: vec![("ExternalIP".into(), "203.0.113.1".into())],
+            labels: BTreeMap::new(),
         });
         let list_taken_before_delete = vec![svc("gone", 5, 1)];
         cache.remove_service("ns", "gone");
