@@ -554,3 +554,311 @@ fn version_negotiation_credentials_and_connection_errors() {
         "{stderr}"
     );
 }
+
+/// A CA and a serving certificate for the test server's listeners (127.0.0.2), from the
+/// binary's own `gen-certs`. `namespace` goes into the CA's name, so two calls give two
+/// unrelated CAs.
+fn gen_certs(dir: &Path, namespace: &str) -> (PathBuf, Value) {
+    let out = dir.join(namespace);
+    let (code, stdout, stderr) = cli(&[
+        "gen-certs",
+        "--namespace",
+        namespace,
+        "--ip",
+        "127.0.0.2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let tls = json!({"cert": out.join("tls.crt"), "key": out.join("tls.key")});
+    (out.join("ca.crt"), tls)
+}
+
+/// The error of a failed command: exit 2 and exactly one line on stderr.
+fn one_line_error(args: &[&str]) -> String {
+    let (code, stdout, stderr) = cli(args);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+/// Bolt over TLS (Memgraph with --bolt-cert-file): bolt+s:// verified against --bolt-ca,
+/// bolt+ssc:// without verification; a wrong CA, a plain client on the TLS port and a TLS
+/// client on a plain port are each one line and exit 2. The official driver, over
+/// neo4j+s:// trusting the same CA, then gets the synced table.
+#[test]
+fn bolt_over_tls_check_sync_and_the_driver() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = gen_certs(dir.path(), "memgraph");
+    let (other_ca, _) = gen_certs(dir.path(), "somebody-else");
+    let cluster = Cluster::start(
+        dir.path(),
+        &python,
+        json!({"tls": tls, "auth": {"user": "admin", "password": "s3cret"}}),
+    );
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let password = password.to_str().unwrap();
+    let cluster_file = cluster.cluster_file(dir.path());
+    let cluster_file = cluster_file.to_str().unwrap();
+    let ca = ca.to_str().unwrap();
+    let tls_port = cluster.at("coordinator_3");
+    let auth = ["--user", "admin", "--password-file", password];
+
+    // The right CA: the table is read (exit 1: in-cluster names, as without TLS).
+    let bolt_s = format!("bolt+s://{tls_port}");
+    let mut args = vec!["routing", "check", "--bolt", &bolt_s, "--bolt-ca", ca];
+    args.extend(auth);
+    let (code, stdout, stderr) = cli(&args);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("routing table from {tls_port}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("WRITE  {}", cluster.at("instance_0"))),
+        "{stdout}"
+    );
+
+    // The wrong CA: the verification failure, named.
+    let other = other_ca.to_str().unwrap();
+    let mut args = vec!["routing", "check", "--bolt", &bolt_s, "--bolt-ca", other];
+    args.extend(auth);
+    let stderr = one_line_error(&args);
+    assert!(
+        stderr.contains(&format!("{tls_port}'s TLS certificate failed verification"))
+            && stderr.contains("--bolt-ca"),
+        "{stderr}"
+    );
+
+    // A plain client on the TLS port.
+    let mut args = vec!["routing", "check", "--bolt", &tls_port];
+    args.extend(auth);
+    let stderr = one_line_error(&args);
+    assert!(
+        stderr.contains(&tls_port) && stderr.contains("bolt+s://"),
+        "{stderr}"
+    );
+
+    // A TLS client on a plain port (a second cluster, without TLS), verified or not.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = Cluster::start(plain_dir.path(), &python, json!({}));
+    let plain_port = plain.at("coordinator_1");
+    for bolt in [
+        format!("bolt+ssc://{plain_port}"),
+        format!("neo4j+s://{plain_port}"),
+    ] {
+        let mut args = vec!["routing", "check", "--bolt", &bolt];
+        if bolt.starts_with("neo4j+s:") {
+            args.extend(["--bolt-ca", ca]);
+        }
+        let stderr = one_line_error(&args);
+        assert!(
+            stderr.contains(&plain_port)
+                && stderr.contains("did not answer the TLS handshake with TLS")
+                && stderr.contains("bolt://"),
+            "{stderr}"
+        );
+    }
+    drop(plain);
+
+    // bolt+ssc:// needs no CA. sync --apply over it: coordinator_3 is a follower, so the
+    // statements go to the leader (coordinator_1) at its external address, over TLS too.
+    let bolt_ssc = format!("bolt+ssc://{tls_port}");
+    let mut args = vec![
+        "routing",
+        "sync",
+        "--bolt",
+        &bolt_ssc,
+        "--cluster",
+        cluster_file,
+        "--apply",
+    ];
+    args.extend(auth);
+    let mark = cluster.journal_len();
+    let (code, stdout, stderr) = cli(&args);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "(on the leader at {})",
+            cluster.at("coordinator_1")
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verified"), "{stdout}");
+    let updates_on_leader = cluster
+        .journal_from(mark)
+        .into_iter()
+        .filter(|(instance, _, query)| {
+            instance == "coordinator_1"
+                && query
+                    .as_deref()
+                    .is_some_and(|q| q.starts_with("UPDATE CONFIG"))
+        })
+        .count();
+    assert_eq!(updates_on_leader, 4);
+    assert!(
+        cluster
+            .journal_from(mark)
+            .iter()
+            .all(|(_, message, _)| message != "TLS handshake failed"),
+        "every connection of the sync was TLS"
+    );
+
+    // bolt+s:// again: every address usable now.
+    let neo4j_s = format!("neo4j+s://{tls_port}");
+    let mut args = vec![
+        "routing",
+        "check",
+        "--bolt",
+        &neo4j_s,
+        "--bolt-ca",
+        ca,
+        "--cluster",
+        cluster_file,
+    ];
+    args.extend(auth);
+    let (code, stdout, stderr) = cli(&args);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // The official driver over TLS: neo4j+s:// trusting the CA (through the system trust
+    // store's SSL_CERT_FILE, as neo4j+s takes no CA option), and neo4j+ssc://. Each reads
+    // the synced table and queries the instances it names, over TLS.
+    let seed = cluster.at("coordinator_1");
+    for (uri, trust) in [
+        (format!("neo4j+s://{seed}"), Some(ca)),
+        (format!("neo4j+ssc://{seed}"), None),
+    ] {
+        let mut command = Command::new(&python);
+        command.arg(script("driver_probe.py")).arg(&uri).args([
+            "--user",
+            "admin",
+            "--password",
+            "s3cret",
+        ]);
+        if let Some(ca) = trust {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        let mut driver = LineProcess::spawn("the neo4j driver probe", &mut command);
+        driver.line();
+        let write = driver_call(&mut driver, "write");
+        assert_eq!(write["ok"], true, "{uri}: {write}");
+        assert_eq!(write["server"], cluster.at("instance_0"));
+        let read = driver_call(&mut driver, "read");
+        assert_eq!(read["ok"], true, "{uri}: {read}");
+        assert_eq!(read["server"], cluster.at("instance_1"));
+    }
+    // And without the CA, neo4j+s:// refuses the server, as the binary does.
+    let mut command = Command::new(&python);
+    command
+        .arg(script("driver_probe.py"))
+        .arg(format!("neo4j+s://{seed}"))
+        .args(["--user", "admin", "--password", "s3cret"])
+        .env("SSL_CERT_FILE", other);
+    let mut driver = LineProcess::spawn("the neo4j driver probe", &mut command);
+    driver.line();
+    let mark = cluster.journal_len();
+    let refused = driver_call(&mut driver, "write");
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert!(
+        cluster
+            .journal_from(mark)
+            .iter()
+            .any(|(_, message, _)| message == "TLS handshake failed"),
+        "the driver gave up in the TLS handshake"
+    );
+}
+
+/// `routing sync` exits 0 when all that is left is reported rather than failed: an external
+/// address not known yet (a LoadBalancer without ingress), or on 3.0-3.7 the statements
+/// printed to run by hand. A dry run with changes it could apply (3.8+) exits 1.
+#[test]
+fn sync_exit_codes_for_what_is_left() {
+    let python = python();
+
+    // 3.7: new registrations, printed, never executed; exit 0 with and without --apply.
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &python, json!({"version": "3.7.2"}));
+    let cluster_file = cluster.cluster_file(dir.path());
+    let bolt = cluster.at("coordinator_1");
+    for apply in [false, true] {
+        let mut args = vec![
+            "routing",
+            "sync",
+            "--bolt",
+            &bolt,
+            "--cluster",
+            cluster_file.to_str().unwrap(),
+        ];
+        if apply {
+            args.push("--apply");
+        }
+        let mark = cluster.journal_len();
+        let (code, stdout, stderr) = cli(&args);
+        assert_eq!(code, 0, "3.7, apply {apply}: {stdout}{stderr}");
+        assert!(stdout.contains("Memgraph 3.7.2: new registrations, to run by hand"));
+        assert!(
+            stdout.contains(&format!(
+                "ADD COORDINATOR 2 WITH CONFIG {{'bolt_server': '{}'",
+                cluster.at("coordinator_2")
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "REGISTER INSTANCE instance_1 WITH CONFIG {{'bolt_server': '{}'",
+                cluster.at("instance_1")
+            )),
+            "{stdout}"
+        );
+        let executed: Vec<_> = cluster
+            .journal_from(mark)
+            .into_iter()
+            .filter_map(|(_, _, query)| query)
+            .filter(|q| q != "SHOW VERSION" && q != "SHOW INSTANCES")
+            .collect();
+        assert!(executed.is_empty(), "3.7: nothing executed: {executed:?}");
+    }
+    drop(cluster);
+
+    // 3.8 with instance_1's Service a LoadBalancer still waiting for its address.
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &python, json!({}));
+    let cluster_file = cluster.cluster_file(dir.path());
+    let text = std::fs::read_to_string(&cluster_file).unwrap();
+    let at = text.find("name: memgraph-data-1-external").unwrap();
+    let (head, tail) = text.split_at(at);
+    let tail = tail.replacen("type: NodePort", "type: LoadBalancer", 1);
+    std::fs::write(&cluster_file, format!("{head}{tail}")).unwrap();
+    let bolt = cluster.at("coordinator_1");
+    let cluster_file = cluster_file.to_str().unwrap();
+    let sync = |apply: bool| {
+        let mut args = vec![
+            "routing",
+            "sync",
+            "--bolt",
+            &bolt,
+            "--cluster",
+            cluster_file,
+        ];
+        if apply {
+            args.push("--apply");
+        }
+        cli(&args)
+    };
+    // Changes it could apply, not applied: 1.
+    let (code, stdout, stderr) = sync(false);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("unknown   instance_1:"), "{stdout}");
+    // Applied; instance_1 still unknown, reported: 0.
+    let (code, stdout, stderr) = sync(true);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(stdout.contains("unknown   instance_1:"), "{stdout}");
+    // Nothing left but the unknown address: 0, dry run or not.
+    let (code, stdout, stderr) = sync(false);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("nothing to change"), "{stdout}");
+    assert!(stdout.contains("unknown   instance_1:"), "{stdout}");
+}

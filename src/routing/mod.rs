@@ -5,12 +5,15 @@
 //! Pure core: `table` (classify addresses), `resolve` (the external address of an instance,
 //! with the webhook's `decision::address::resolve`), `plan` (which statements). Thin shells:
 //! `bolt` (the IO), this file (flags, loading the cluster view, printing, exit codes).
-//! Exit codes: 0 every address usable (check) / nothing left to change (sync); 1 unusable
-//! addresses remain; 2 connection, protocol or input errors (returned as `Err`).
+//! Exit codes (each command's --help): check 0 every address usable, 1 some not; sync 0
+//! nothing left it could change (unknown addresses and 3.0-3.7's hand-run statements are
+//! reported, not failed), 1 changes pending or left after --apply; both 2 for connection, TLS,
+//! protocol or input errors (returned as `Err`).
 
 pub mod plan;
 pub mod resolve;
 pub mod table;
+pub mod tls;
 pub mod uri;
 
 use std::collections::BTreeMap;
@@ -22,7 +25,7 @@ use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use crate::decision::pod::Version;
-use bolt::{BoltError, Connection, Credentials};
+use bolt::{BoltAddress, BoltError, ConnectOptions, Connection, Credentials};
 pub use memgraph_bolt::{client as bolt, packstream};
 use plan::{Desired, Instance, Mode, Plan, PlanError};
 use resolve::{External, RoutingCluster, Target};
@@ -37,19 +40,42 @@ pub struct RoutingArgs {
 #[derive(Subcommand, Debug)]
 pub enum RoutingCommand {
     /// Fetch the routing table from a coordinator (Bolt ROUTE) and say which addresses a
-    /// client outside the cluster can use. Exit 0 all usable, 1 some not, 2 errors.
+    /// client outside the cluster can use.
+    ///
+    /// Exit codes:
+    ///   0  every address in the table is usable from outside the cluster
+    ///   1  some are not (named on stderr; `routing sync` fixes the registrations)
+    ///   2  connection, TLS, protocol or input error (one line on stderr)
+    #[command(verbatim_doc_comment)]
     Check(CheckArgs),
     /// Make each instance's registered Bolt address its external one (SHOW INSTANCES, then
-    /// UPDATE CONFIG on 3.8+). Dry run unless --apply. Exit 0 nothing left to change, 1
-    /// changes pending or unresolved, 2 errors.
+    /// UPDATE CONFIG on the leader, Memgraph 3.8+). Dry run unless --apply.
+    ///
+    /// Exit codes:
+    ///   0  nothing left that this command could change: every registration is external,
+    ///      or --apply changed them and SHOW INSTANCES confirmed it. Also 0 when all that
+    ///      is left is reported, not failed: instances whose external address is not known
+    ///      yet (e.g. a LoadBalancer without an ingress address; a later run picks it up),
+    ///      and on Memgraph 3.0-3.7, which cannot change an address in place, the new
+    ///      registrations printed to run by hand.
+    ///   1  changes pending that --apply would make (a dry run on 3.8+), or registrations
+    ///      that still differ after --apply
+    ///   2  connection, TLS, protocol or input error (one line on stderr)
+    #[command(verbatim_doc_comment)]
     Sync(SyncArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
-    /// A coordinator's Bolt address: host:port, [IPv6 address]:port or bolt://host:port.
+    /// A coordinator's Bolt address: host:port, [IPv6 address]:port or a URI. bolt:// and neo4j:// are
+    /// plain; bolt+s:// and neo4j+s:// are TLS verified against --bolt-ca (else the system's
+    /// CA certificates); bolt+ssc:// and neo4j+ssc:// are TLS accepting any certificate.
     #[arg(long, env = "MAI_BOLT")]
     pub bolt: String,
+    /// PEM file of the CA(s) that signed the Bolt server's certificate, for bolt+s:// and
+    /// neo4j+s:// (e.g. a mounted Secret's ca.crt).
+    #[arg(long, env = "MAI_BOLT_CA")]
+    pub bolt_ca: Option<PathBuf>,
     /// Bolt user; no authentication when absent.
     #[arg(long, env = "MAI_BOLT_USER")]
     pub user: Option<String>,
@@ -120,17 +146,14 @@ pub enum RoutingError {
     Bolt(#[from] BoltError),
     #[error(transparent)]
     Uri(#[from] uri::UriError),
-    #[error("{0}: Bolt over TLS is not supported by this version; use the plain Bolt port")]
-    TlsUnsupported(String),
-    #[error("cannot read the password file {path}: {source}")]
-    PasswordFile {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot read the password file {path}: {cause}")]
+    PasswordFile { path: String, cause: std::io::Error },
     #[error("--password-file needs --user")]
     PasswordWithoutUser,
-    #[error("{address} returned an unusable routing table: {source}")]
-    Table { address: String, source: TableError },
+    #[error("{address} returned an unusable routing table: {cause}")]
+    Table { address: String, cause: TableError },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -161,9 +184,9 @@ fn credentials(args: &ConnectArgs) -> Result<Option<Credentials>, RoutingError> 
     let password = match &args.password_file {
         None => String::new(),
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|source| RoutingError::PasswordFile {
+            .map_err(|cause| RoutingError::PasswordFile {
                 path: path.display().to_string(),
-                source,
+                cause,
             })?
             .trim_end_matches(['\n', '\r'])
             .to_string(),
@@ -178,19 +201,43 @@ fn credentials(args: &ConnectArgs) -> Result<Option<Credentials>, RoutingError> 
     }
 }
 
-async fn connect(args: &ConnectArgs) -> Result<Connection, RoutingError> {
-    let uri = uri::BoltUri::parse(&args.bolt)?;
-    if uri.security != uri::Security::Plain {
-        return Err(RoutingError::TlsUnsupported(args.bolt.clone()));
+/// How to open Bolt connections as the flags say (--bolt, --bolt-ca, --user, ...): to the
+/// coordinator named by --bolt, and to others (the leader) with the same TLS and credentials.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    pub uri: uri::BoltUri,
+    pub options: ConnectOptions,
+}
+
+impl Connector {
+    pub fn from_args(args: &ConnectArgs) -> Result<Self, RoutingError> {
+        let uri = uri::BoltUri::parse(&args.bolt)?;
+        let transport = tls::transport(uri.security, args.bolt_ca.as_deref(), &args.bolt)?;
+        Ok(Self {
+            uri,
+            options: ConnectOptions {
+                credentials: credentials(args)?,
+                timeout: Duration::from_millis(args.timeout_ms),
+                transport,
+                limits: Default::default(),
+            },
+        })
     }
-    let address = uri.address;
-    let creds = credentials(args)?;
-    Ok(Connection::connect(
-        &address,
-        creds.as_ref(),
-        Duration::from_millis(args.timeout_ms),
-    )
-    .await?)
+
+    /// The coordinator named by --bolt.
+    pub async fn connect(&self) -> Result<Connection, RoutingError> {
+        Ok(self.connect_to(&self.uri.address).await?)
+    }
+
+    /// Another server, with the same TLS settings and credentials.
+    pub async fn connect_to(&self, address: &BoltAddress) -> Result<Connection, BoltError> {
+        Connection::connect(address, &self.options).await
+    }
+}
+
+/// Connects to the coordinator the flags name (TLS per the scheme, then authenticates).
+pub async fn connect(args: &ConnectArgs) -> Result<Connection, RoutingError> {
+    Connector::from_args(args)?.connect().await
 }
 
 /// Services, Nodes and Pods from documents (a List, or one object per document).
@@ -330,14 +377,15 @@ fn print_columns(rows: &[Vec<String>]) {
 }
 
 async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
+    let connector = Connector::from_args(&args.connect)?;
     let cluster = load_cluster(&args.cluster).await?;
-    let mut conn = connect(&args.connect).await?;
+    let mut conn = connector.connect().await?;
     let rt = conn.route().await?;
     let address = conn.address().to_string();
     conn.close().await;
-    let table = RoutingTable::from_rt(&rt).map_err(|source| RoutingError::Table {
+    let table = RoutingTable::from_rt(&rt).map_err(|cause| RoutingError::Table {
         address: address.clone(),
-        source,
+        cause,
     })?;
     let rows = check_table(&table, cluster.as_ref(), args.cluster.bolt_port);
     println!(
@@ -511,7 +559,7 @@ async fn on_leader(
     statement: &str,
     instances: &[Instance],
     desired: &BTreeMap<String, Desired>,
-    args: &ConnectArgs,
+    connector: &Connector,
 ) -> Result<(), RoutingError> {
     let message = match conn.run(statement).await {
         Ok(_) => return Ok(()),
@@ -530,7 +578,6 @@ async fn on_leader(
         }
         candidates.push(leader.bolt_server.clone());
     }
-    let creds = credentials(args)?;
     let mut tried = vec![format!("{}: {message}", conn.address())];
     for candidate in candidates {
         let address = match uri::BoltUri::parse(&candidate) {
@@ -541,12 +588,7 @@ async fn on_leader(
             }
         };
         let attempt = async {
-            let mut leader_conn = Connection::connect(
-                &address,
-                creds.as_ref(),
-                Duration::from_millis(args.timeout_ms),
-            )
-            .await?;
+            let mut leader_conn = connector.connect_to(&address).await?;
             leader_conn.run(statement).await?;
             Ok::<_, BoltError>(leader_conn)
         };
@@ -566,11 +608,41 @@ async fn on_leader(
     })
 }
 
+/// What `routing sync` does once it has a plan (pure; the exit codes of its --help).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterPlan {
+    /// Stop with this exit code.
+    Exit(i32),
+    /// Execute the plan on the leader, then verify.
+    Apply,
+}
+
+pub fn after_plan(plan: &Plan, apply: bool) -> AfterPlan {
+    match (&plan.mode, plan.changes.is_empty(), apply) {
+        // Unresolved instances are reported, not failed: a later run picks them up.
+        (_, true, _) => AfterPlan::Exit(0),
+        // 3.0-3.7: the statements are printed for an operator; nothing here can run them.
+        (Mode::Reregister, false, _) => AfterPlan::Exit(0),
+        (Mode::UpdateConfig, false, false) => AfterPlan::Exit(1),
+        (Mode::UpdateConfig, false, true) => AfterPlan::Apply,
+    }
+}
+
+/// The exit code after --apply, from planning again against the new SHOW INSTANCES.
+pub fn after_apply(again: &Plan) -> i32 {
+    if again.changes.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
 async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
+    let connector = Connector::from_args(&args.connect)?;
     let cluster = load_cluster(&args.cluster)
         .await?
         .ok_or(RoutingError::NoClusterView)?;
-    let mut conn = connect(&args.connect).await?;
+    let mut conn = connector.connect().await?;
     let version = match args.memgraph_version {
         Some(v) => v,
         None => memgraph_version(&mut conn).await?,
@@ -579,17 +651,13 @@ async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
     let desired = desired_addresses(&instances, &cluster, args.cluster.bolt_port);
     let plan = plan::plan(&instances, &desired, version, args.replication_port)?;
     print_plan(&plan, version, args.apply);
-    if plan.is_empty() {
+    if let AfterPlan::Exit(code) = after_plan(&plan, args.apply) {
         conn.close().await;
-        return Ok(if plan.unresolved.is_empty() { 0 } else { 1 });
-    }
-    if !args.apply || plan.mode == Mode::Reregister {
-        conn.close().await;
-        return Ok(1);
+        return Ok(code);
     }
     for change in &plan.changes {
         for statement in &change.statements {
-            on_leader(&mut conn, statement, &instances, &desired, &args.connect).await?;
+            on_leader(&mut conn, statement, &instances, &desired, &connector).await?;
             println!("  done: {statement}");
         }
     }
@@ -602,7 +670,6 @@ async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
         println!(
             "verified: SHOW INSTANCES now lists every external address; a second run plans nothing"
         );
-        Ok(if again.unresolved.is_empty() { 0 } else { 1 })
     } else {
         let left: Vec<_> = again
             .changes
@@ -613,6 +680,86 @@ async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
             "after applying, these registrations still differ: {}",
             left.join(", ")
         );
-        Ok(1)
+    }
+    Ok(after_apply(&again))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::Change;
+
+    fn plan_with(mode: Mode, changes: usize, unresolved: usize) -> Plan {
+        Plan {
+            mode,
+            changes: (0..changes)
+                .map(|i| Change {
+                    instance: format!("instance_{i}"),
+                    from: "memgraph-data-0.default.svc.cluster.local:7687".into(),
+                    to: "203.0.113.5:30020".into(),
+                    source: "test".into(),
+                    statements: vec!["UPDATE CONFIG ...".into()],
+                })
+                .collect(),
+            unchanged: vec![],
+            unresolved: (0..unresolved)
+                .map(|i| (format!("pending_{i}"), "no ingress yet".into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sync_exits_0_when_only_reported_items_are_left() {
+        for apply in [false, true] {
+            for mode in [Mode::UpdateConfig, Mode::Reregister] {
+                // Nothing to change, with or without unknown addresses.
+                assert_eq!(
+                    after_plan(&plan_with(mode.clone(), 0, 0), apply),
+                    AfterPlan::Exit(0)
+                );
+                assert_eq!(
+                    after_plan(&plan_with(mode.clone(), 0, 2), apply),
+                    AfterPlan::Exit(0),
+                    "unknown addresses are reported, not failed"
+                );
+            }
+            // 3.0-3.7: statements printed for an operator.
+            assert_eq!(
+                after_plan(&plan_with(Mode::Reregister, 3, 1), apply),
+                AfterPlan::Exit(0)
+            );
+        }
+    }
+
+    #[test]
+    fn sync_exits_1_for_changes_it_could_apply() {
+        assert_eq!(
+            after_plan(&plan_with(Mode::UpdateConfig, 2, 0), false),
+            AfterPlan::Exit(1)
+        );
+        assert_eq!(
+            after_plan(&plan_with(Mode::UpdateConfig, 2, 1), true),
+            AfterPlan::Apply
+        );
+        assert_eq!(after_apply(&plan_with(Mode::UpdateConfig, 0, 1)), 0);
+        assert_eq!(after_apply(&plan_with(Mode::UpdateConfig, 1, 0)), 1);
+    }
+
+    #[test]
+    fn the_exit_codes_are_in_the_help() {
+        use clap::CommandFactory;
+        let mut cli = crate::cli::Cli::command();
+        let routing = cli.find_subcommand_mut("routing").unwrap();
+        for name in ["check", "sync"] {
+            let help = routing
+                .find_subcommand_mut(name)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            for code in ["0  ", "1  ", "2  connection, TLS, protocol or input error"] {
+                assert!(help.contains(code), "{name} --help lacks {code:?}:\n{help}");
+            }
+            assert!(help.contains("--bolt-ca"), "{help}");
+        }
     }
 }

@@ -20,12 +20,8 @@ pub enum Security {
 pub enum UriError {
     #[error("{0:?}: the scheme must be bolt, neo4j, bolt+s, neo4j+s, bolt+ssc or neo4j+ssc")]
     Scheme(String),
-    #[error("{uri:?} is not a Bolt address: {source}")]
-    Address {
-        uri: String,
-        #[source]
-        source: HostPortError,
-    },
+    #[error("{uri:?} is not a Bolt address: {cause}")]
+    Address { uri: String, cause: HostPortError },
 }
 
 /// A parsed `--bolt`.
@@ -50,9 +46,9 @@ impl BoltUri {
         }
         let rest = rest.split(['/', '?']).next().unwrap_or_default();
         let HostPort { host, port } =
-            HostPort::parse(rest, Some(DEFAULT_PORT)).map_err(|source| UriError::Address {
+            HostPort::parse(rest, Some(DEFAULT_PORT)).map_err(|cause| UriError::Address {
                 uri: text.to_string(),
-                source,
+                cause,
             })?;
         Ok(Self {
             address: BoltAddress { host, port },

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Drives the official neo4j Python driver (PyPI `neo4j`) in routing mode for tests.
 
-Usage: driver_probe.py neo4j://HOST:PORT. Keeps ONE driver (so its routing table and its
+Usage: driver_probe.py URI [--user USER --password PASSWORD]. URI is neo4j://HOST:PORT, or
+over TLS neo4j+s:// (the server verified against the system trust store, which SSL_CERT_FILE
+points at a test CA) or neo4j+ssc:// (any certificate). Keeps ONE driver (so its routing table and its
 refresh behave as in an application) and reads commands on standard input:
   write   run `RETURN $n AS n` in a WRITE session (goes to the table's WRITE server)
   read    the same in a READ session (goes to a READ server)
@@ -16,6 +18,7 @@ table for None it asks only its initial (seed) address: every new session would 
 the seed, whatever the routing table says.
 """
 
+import argparse
 import json
 import socket
 import sys
@@ -38,8 +41,13 @@ socket.getaddrinfo = _outside_cluster_getaddrinfo
 
 
 def main():
-    uri = sys.argv[1]
-    driver = neo4j.GraphDatabase.driver(uri, auth=None, connection_timeout=2.0, connection_acquisition_timeout=10.0)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("uri")
+    parser.add_argument("--user")
+    parser.add_argument("--password", default="")
+    args = parser.parse_args()
+    auth = (args.user, args.password) if args.user else None
+    driver = neo4j.GraphDatabase.driver(args.uri, auth=auth, connection_timeout=2.0, connection_acquisition_timeout=10.0)
     print(json.dumps({"driver": neo4j.__version__}), flush=True)
     count = 0
     for line in sys.stdin:

@@ -23,12 +23,17 @@ one per line, each answered by "ok ..." or "error ...":
   leader NAME   make coordinator NAME the leader (a Raft election)
 A journal of every request (JSON lines: instance, message, query) goes to config["journal"].
 
+TLS (Memgraph with --bolt-cert-file/--bolt-key-file): config["tls"] = {"cert": PEM file,
+"key": PEM file} makes every listener TLS-only, as Memgraph's Bolt port is then. A client
+that does not complete the TLS handshake is journaled as message "TLS handshake failed".
+
 Wording of failures that Memgraph's source was not checked for is marked "test server".
 """
 
 import json
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -180,6 +185,10 @@ class Cluster:
             tuple(int(p) for p in v.split(".")) for v in config.get("bolt_versions", ["5.2", "4.3", "4.1", "4.0"])
         ]
         self.auth = config.get("auth")
+        self.tls = None
+        if config.get("tls"):
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(config["tls"]["cert"], config["tls"]["key"])
         self.journal_path = config.get("journal")
         self.instances = {}
         self.order = []
@@ -382,8 +391,25 @@ class Session:
         self.conn.sendall(b"\x00\x00\x00\x00")
         raise ConnectionError("no common version")
 
+    def start_tls(self):
+        raw = self.conn
+        try:
+            wrapped = self.cluster.tls.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.cluster.journal(self.name, "TLS handshake failed")
+            raise
+        # wrap_socket takes over the descriptor: `down` must shut down the wrapped socket.
+        with self.cluster.lock:
+            conns = self.cluster.connections[self.name]
+            if raw in conns:
+                conns.discard(raw)
+                conns.add(wrapped)
+        self.conn = wrapped
+
     def serve(self):
         try:
+            if self.cluster.tls is not None:
+                self.start_tls()
             self.handshake()
             while self.state != "DEFUNCT":
                 self.handle(self.read_message())

@@ -5,14 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::ErrorKind;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 use crate::packstream::{self, PackStreamError, Value};
 
 pub const DEFAULT_PORT: u16 = 7687;
+/// Default cap on one reassembled Bolt message (all its chunks).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default cap on the records of one result.
+pub const DEFAULT_MAX_RECORDS: usize = 100_000;
+/// Default cap on the bytes of all the records of one result together.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 const USER_AGENT: &str = concat!("memgraph-address-injector/", env!("CARGO_PKG_VERSION"));
 
 /// Proposed in order of preference: 5.2 down to 5.0, then 4.4 down to 4.3
@@ -34,15 +43,15 @@ const FAILURE: u8 = 0x7F;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoltError {
-    #[error("cannot resolve {address}: {source}")]
+    #[error("cannot resolve {address}: {cause}")]
     Resolve {
         address: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot connect to {address}: {source} (is it reachable from here, and is it the Bolt port?)")]
+    #[error("cannot connect to {address}: {cause} (is it reachable from here, and is it the Bolt port?)")]
     Connect {
         address: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{address} did not answer within {ms} ms ({step})")]
     Timeout {
@@ -50,8 +59,28 @@ pub enum BoltError {
         step: &'static str,
         ms: u128,
     },
-    #[error("{address} answered with TLS, but this client speaks plain Bolt; connect to a Bolt port without TLS (Memgraph without --bolt-cert-file)")]
+    #[error("{address} answered with TLS to a plain Bolt handshake: it is a TLS Bolt port (Memgraph with --bolt-cert-file); connect with bolt+s:// (or bolt+ssc:// to skip verifying its certificate)")]
     TlsServer { address: String },
+    #[error("{address} is not a valid TLS server name; connect to a DNS name or an IP address")]
+    TlsName { address: String },
+    #[error("{address}'s TLS certificate failed verification: {reason}; pass the CA that signed it with --bolt-ca (or use bolt+ssc:// to skip verification)")]
+    TlsVerify {
+        address: String,
+        reason: rustls::Error,
+    },
+    #[error("{address} did not answer the TLS handshake with TLS ({why}): is it a plain Bolt port? connect with bolt:// instead")]
+    NotTls { address: String, why: String },
+    #[error("TLS handshake with {address} failed: {cause}")]
+    TlsHandshake {
+        address: String,
+        cause: std::io::Error,
+    },
+    #[error("{address} sent a Bolt message larger than the cap of {limit} bytes (max_message_bytes); a broken or hostile server?")]
+    MessageTooLarge { address: String, limit: usize },
+    #[error("{address} sent more than the cap of {limit} records in one result (max_records); a broken or hostile server?")]
+    TooManyRecords { address: String, limit: usize },
+    #[error("{address} sent more than the cap of {limit} bytes of records in one result (max_result_bytes); a broken or hostile server?")]
+    ResultTooLarge { address: String, limit: usize },
     #[error("{address} is not a Bolt server (handshake reply {reply:02X?})")]
     NotBolt { address: String, reply: Vec<u8> },
     #[error(
@@ -77,15 +106,15 @@ pub enum BoltError {
     Protocol { address: String, message: String },
     #[error("{address} closed the connection ({step})")]
     Closed { address: String, step: &'static str },
-    #[error("{address}: {source}")]
+    #[error("{address}: {cause}")]
     Io {
         address: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{address}: {source}")]
+    #[error("{address}: {cause}")]
     PackStream {
         address: String,
-        source: PackStreamError,
+        cause: PackStreamError,
     },
 }
 
@@ -131,6 +160,124 @@ impl QueryResult {
     }
 }
 
+/// A message from the server, as `decode_message` reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerMessage {
+    /// SUCCESS and its metadata (an empty map when the server sent none).
+    Success(Value),
+    /// RECORD: one row's values.
+    Record(Vec<Value>),
+    /// FAILURE: its code (`code`, or `neo4j_code` of Bolt 5.7+) and message.
+    Failure {
+        code: String,
+        message: String,
+    },
+    Ignored,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MessageError {
+    #[error(transparent)]
+    PackStream(#[from] PackStreamError),
+    #[error("a message that is not a structure: {0}")]
+    NotAStructure(String),
+    #[error("a RECORD without a list of values")]
+    RecordWithoutList,
+    #[error("unexpected message 0x{0:02X} (not SUCCESS, RECORD, FAILURE or IGNORED)")]
+    UnknownTag(u8),
+}
+
+/// Decodes one server message from its bytes (the chunks already joined). Pure, so that the
+/// fuzz target (`fuzz/`, target `bolt_reply`) reaches everything a server's reply goes through.
+pub fn decode_message(body: &[u8]) -> Result<ServerMessage, MessageError> {
+    let (tag, mut fields) = match packstream::decode(body)? {
+        Value::Struct { tag, fields } => (tag, fields),
+        other => return Err(MessageError::NotAStructure(other.display())),
+    };
+    Ok(match tag {
+        SUCCESS => ServerMessage::Success(fields.pop().unwrap_or(Value::Map(BTreeMap::new()))),
+        RECORD => match fields.pop() {
+            Some(Value::List(values)) => ServerMessage::Record(values),
+            _ => return Err(MessageError::RecordWithoutList),
+        },
+        FAILURE => {
+            let (code, message) = failure_of(fields.pop());
+            ServerMessage::Failure { code, message }
+        }
+        IGNORED => ServerMessage::Ignored,
+        other => return Err(MessageError::UnknownTag(other)),
+    })
+}
+
+/// How to reach the server: plain TCP, or TLS with a client configuration the caller built
+/// (trusted roots, or a verifier that accepts any certificate for `+ssc`). The crate picks no
+/// crypto provider: the configuration carries it.
+#[derive(Clone, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Plain => "Plain",
+            Transport::Tls(_) => "Tls",
+        })
+    }
+}
+
+/// Bounds on what a server may make this client hold, so that a broken or hostile server
+/// gets an error naming the cap instead of exhausting memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// One message, its chunks reassembled.
+    pub max_message_bytes: usize,
+    /// Records of one result.
+    pub max_records: usize,
+    /// All the records of one result together, in bytes on the wire.
+    pub max_result_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_records: DEFAULT_MAX_RECORDS,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+        }
+    }
+}
+
+/// Everything `Connection::connect` needs besides the address.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Scheme "none" when absent.
+    pub credentials: Option<Credentials>,
+    /// Budget of each network step (connect, TLS, handshake, each request).
+    pub timeout: Duration,
+    pub transport: Transport,
+    pub limits: Limits,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            credentials: None,
+            timeout: Duration::from_secs(5),
+            transport: Transport::Plain,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A byte stream a connection can run over: TCP, TLS over TCP, or anything else (tests use
+/// in-memory pipes).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A reply to a request: SUCCESS, FAILURE or IGNORED (a RECORD is not one).
 enum Reply {
     Success(Value),
     Failure { code: String, message: String },
@@ -138,29 +285,45 @@ enum Reply {
 }
 
 pub struct Connection {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
     address: String,
     timeout: Duration,
+    limits: Limits,
+    /// Over TLS (for the hints in errors).
+    tls: bool,
     /// (major, minor)
     pub version: (u8, u8),
     pub server_agent: String,
 }
 
 impl Connection {
-    /// Connects, negotiates a version and authenticates (scheme "none" without credentials).
+    /// Connects (TCP, then TLS for `Transport::Tls`), negotiates a version and authenticates.
     pub async fn connect(
         address: &BoltAddress,
-        credentials: Option<&Credentials>,
-        timeout: Duration,
+        options: &ConnectOptions,
     ) -> Result<Self, BoltError> {
         let name = address.to_string();
-        let ms = timeout.as_millis();
+        let timeout = options.timeout;
         let within = |step| {
             let name = name.clone();
             move |_| BoltError::Timeout {
                 address: name,
                 step,
-                ms,
+                ms: timeout.as_millis(),
+            }
+        };
+        // The TLS name first: a bad one needs no network.
+        let server_name = match &options.transport {
+            Transport::Plain => None,
+            Transport::Tls(_) => {
+                let host = address.host.trim_start_matches('[').trim_end_matches(']');
+                Some(
+                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+                        BoltError::TlsName {
+                            address: name.clone(),
+                        }
+                    })?,
+                )
             }
         };
         let addrs: Vec<_> = tokio::time::timeout(
@@ -169,9 +332,9 @@ impl Connection {
         )
         .await
         .map_err(within("resolving the host"))?
-        .map_err(|source| BoltError::Resolve {
+        .map_err(|cause| BoltError::Resolve {
             address: name.clone(),
-            source,
+            cause,
         })?
         .collect();
         let mut last_error = None;
@@ -190,24 +353,61 @@ impl Connection {
         }
         let stream = stream.ok_or_else(|| BoltError::Connect {
             address: name.clone(),
-            source: last_error.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
+            cause: last_error.unwrap_or_else(|| {
+                std::io::Error::new(ErrorKind::NotFound, "no address for the host")
             }),
         })?;
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Stream> = match (&options.transport, server_name) {
+            (Transport::Tls(config), Some(server_name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(timeout, connector.connect(server_name, stream))
+                    .await
+                    .map_err(within("TLS handshake"))?
+                    .map_err(|source| tls_error(name.clone(), source))?;
+                Box::new(tls)
+            }
+            _ => Box::new(stream),
+        };
+        Self::over(stream, address, options).await
+    }
+
+    /// Runs the Bolt handshake and authentication over an established stream (TCP, TLS, or
+    /// an in-memory pipe in tests).
+    pub async fn over(
+        stream: impl Stream + 'static,
+        address: &BoltAddress,
+        options: &ConnectOptions,
+    ) -> Result<Self, BoltError> {
+        let name = address.to_string();
+        let timeout = options.timeout;
+        let within = |step| {
+            let name = name.clone();
+            move |_| BoltError::Timeout {
+                address: name,
+                step,
+                ms: timeout.as_millis(),
+            }
+        };
+        let stream: Box<dyn Stream> = Box::new(stream);
         let mut conn = Self {
             stream: BufReader::new(stream),
             address: name.clone(),
             timeout,
+            limits: options.limits,
+            tls: matches!(options.transport, Transport::Tls(_)),
             version: (0, 0),
             server_agent: String::new(),
         };
         tokio::time::timeout(timeout, conn.handshake())
             .await
             .map_err(within("Bolt handshake"))??;
-        tokio::time::timeout(timeout, conn.authenticate(address, credentials))
-            .await
-            .map_err(within("HELLO"))??;
+        tokio::time::timeout(
+            timeout,
+            conn.authenticate(address, options.credentials.as_ref()),
+        )
+        .await
+        .map_err(within("HELLO"))??;
         Ok(conn)
     }
 
@@ -216,7 +416,11 @@ impl Connection {
     }
 
     fn io(&self, source: std::io::Error, step: &'static str) -> BoltError {
-        if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        // A peer that closes with our bytes unread resets instead: the same for a user.
+        if matches!(
+            source.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+        ) {
             BoltError::Closed {
                 address: self.address.clone(),
                 step,
@@ -224,7 +428,7 @@ impl Connection {
         } else {
             BoltError::Io {
                 address: self.address.clone(),
-                source,
+                cause: source,
             }
         }
     }
@@ -245,6 +449,11 @@ impl Connection {
         if let Err(e) = stream.write_all(&hello).await {
             return Err(self.io(e, "sending the handshake"));
         }
+        let step = if self.tls {
+            "during the Bolt handshake (not a Bolt port?)"
+        } else {
+            "during the Bolt handshake: a TLS Bolt port (use bolt+s://) or not a Bolt port?"
+        };
         let mut reply = [0u8; 4];
         let mut got = 0;
         while got < 4 {
@@ -254,14 +463,9 @@ impl Connection {
                         address: self.address.clone(),
                     })
                 }
-                Ok(0) => {
-                    return Err(self.io(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                        "during the Bolt handshake; a TLS-only server or not a Bolt port?",
-                    ))
-                }
+                Ok(0) => return Err(self.io(ErrorKind::UnexpectedEof.into(), step)),
                 Ok(n) => got += n,
-                Err(e) => return Err(self.io(e, "during the Bolt handshake")),
+                Err(e) => return Err(self.io(e, step)),
             }
         }
         // A TLS record (alert 0x15 or handshake 0x16, version 3.x).
@@ -375,7 +579,10 @@ impl Connection {
                 .cloned()
                 .ok_or_else(|| self.protocol("the ROUTE reply has no rt")),
             Reply::Failure { code, message } => {
-                self.reset().await?;
+                // Bounded like every other step: a server that never answers RESET.
+                tokio::time::timeout(timeout, self.reset())
+                    .await
+                    .map_err(|_| self.timed_out("RESET"))??;
                 Err(BoltError::NotCoordinator {
                     address: self.address.clone(),
                     request: "ROUTE",
@@ -431,16 +638,27 @@ impl Connection {
             Reply::Ignored => return Err(self.protocol("RUN was IGNORED")),
         };
         let mut records = Vec::new();
+        let mut result_bytes = 0usize;
         loop {
-            let (tag, mut body) = self.message("PULL").await?;
-            match tag {
-                RECORD => match body.pop() {
-                    Some(Value::List(values)) => records.push(values),
-                    _ => return Err(self.protocol("a RECORD without a list of values")),
-                },
-                SUCCESS => break,
-                FAILURE => {
-                    let (code, message) = failure_of(body.pop());
+            match self.message("PULL").await? {
+                (ServerMessage::Record(_), _) if records.len() >= self.limits.max_records => {
+                    return Err(BoltError::TooManyRecords {
+                        address: self.address.clone(),
+                        limit: self.limits.max_records,
+                    })
+                }
+                (ServerMessage::Record(values), size) => {
+                    result_bytes += size;
+                    if result_bytes > self.limits.max_result_bytes {
+                        return Err(BoltError::ResultTooLarge {
+                            address: self.address.clone(),
+                            limit: self.limits.max_result_bytes,
+                        });
+                    }
+                    records.push(values)
+                }
+                (ServerMessage::Success(_), _) => break,
+                (ServerMessage::Failure { code, message }, _) => {
                     self.reset().await?;
                     return Err(BoltError::Query {
                         address: self.address.clone(),
@@ -449,9 +667,9 @@ impl Connection {
                         message,
                     });
                 }
-                other => {
+                (ServerMessage::Ignored, _) => {
                     return Err(
-                        self.protocol(format!("unexpected message 0x{other:02X} in a result"))
+                        self.protocol(format!("unexpected message 0x{IGNORED:02X} in a result"))
                     )
                 }
             }
@@ -469,16 +687,20 @@ impl Connection {
 
     /// Says GOODBYE; errors are irrelevant at this point.
     pub async fn close(mut self) {
-        let _ = self.send(GOODBYE, vec![]).await;
-        let _ = self.stream.get_mut().shutdown().await;
+        // Bounded: a peer that stops reading must not hold the process.
+        let _ = tokio::time::timeout(self.timeout, async {
+            let _ = self.send(GOODBYE, vec![]).await;
+            let _ = self.stream.get_mut().shutdown().await;
+        })
+        .await;
     }
 
     async fn send(&mut self, tag: u8, fields: Vec<Value>) -> Result<(), BoltError> {
         let mut body = Vec::new();
-        packstream::encode(&Value::Struct { tag, fields }, &mut body).map_err(|source| {
+        packstream::encode(&Value::Struct { tag, fields }, &mut body).map_err(|cause| {
             BoltError::PackStream {
                 address: self.address.clone(),
-                source,
+                cause,
             }
         })?;
         let mut framed = Vec::with_capacity(body.len() + 4);
@@ -493,8 +715,9 @@ impl Connection {
         Ok(())
     }
 
-    /// One message: its tag and fields. NOOP chunks (keep-alives) are skipped.
-    async fn message(&mut self, step: &'static str) -> Result<(u8, Vec<Value>), BoltError> {
+    /// One message and its size. NOOP chunks (keep-alives) are skipped; the chunks are
+    /// reassembled up to `limits.max_message_bytes`.
+    async fn message(&mut self, step: &'static str) -> Result<(ServerMessage, usize), BoltError> {
         let mut body = Vec::new();
         loop {
             let mut len = [0u8; 2];
@@ -509,39 +732,79 @@ impl Connection {
                 break;
             }
             let start = body.len();
+            if start + len > self.limits.max_message_bytes {
+                return Err(BoltError::MessageTooLarge {
+                    address: self.address.clone(),
+                    limit: self.limits.max_message_bytes,
+                });
+            }
             body.resize(start + len, 0);
             if let Err(e) = self.stream.read_exact(&mut body[start..]).await {
                 return Err(self.io(e, step));
             }
         }
-        match packstream::decode(&body) {
-            Ok(Value::Struct { tag, fields }) => Ok((tag, fields)),
-            Ok(other) => Err(self.protocol(format!(
-                "a message that is not a structure: {}",
-                other.display()
-            ))),
-            Err(source) => Err(BoltError::PackStream {
+        match decode_message(&body) {
+            Ok(message) => Ok((message, body.len())),
+            Err(MessageError::PackStream(cause)) => Err(BoltError::PackStream {
                 address: self.address.clone(),
-                source,
+                cause,
             }),
+            Err(other) => Err(self.protocol(other.to_string())),
         }
     }
 
     async fn reply(&mut self, step: &'static str) -> Result<Reply, BoltError> {
-        let (tag, mut fields) = self.message(step).await?;
-        match tag {
-            SUCCESS => Ok(Reply::Success(
-                fields.pop().unwrap_or(Value::Map(BTreeMap::new())),
-            )),
-            FAILURE => {
-                let (code, message) = failure_of(fields.pop());
-                Ok(Reply::Failure { code, message })
-            }
-            IGNORED => Ok(Reply::Ignored),
-            other => Err(self.protocol(format!(
-                "unexpected message 0x{other:02X} in reply to {step}"
+        match self.message(step).await?.0 {
+            ServerMessage::Success(meta) => Ok(Reply::Success(meta)),
+            ServerMessage::Failure { code, message } => Ok(Reply::Failure { code, message }),
+            ServerMessage::Ignored => Ok(Reply::Ignored),
+            ServerMessage::Record(_) => Err(self.protocol(format!(
+                "unexpected message 0x{RECORD:02X} in reply to {step}"
             ))),
         }
+    }
+}
+
+/// The error of a failed TLS handshake, by what went wrong: the certificate (wrong CA, wrong
+/// name, expired), a peer that does not speak TLS, or anything else.
+fn tls_error(address: String, source: std::io::Error) -> BoltError {
+    let rustls_error = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(
+            reason @ (rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType),
+        ) => BoltError::TlsVerify {
+            address,
+            reason: reason.clone(),
+        },
+        // Bytes that are not a TLS record: a plain Bolt server answering (or refusing) the
+        // ClientHello.
+        Some(reason @ rustls::Error::InvalidMessage(_)) => BoltError::NotTls {
+            address,
+            why: reason.to_string(),
+        },
+        Some(_) => BoltError::TlsHandshake {
+            address,
+            cause: source,
+        },
+        // A plain Bolt server reads the ClientHello, finds no Bolt preamble and hangs up.
+        None if matches!(
+            source.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+        ) =>
+        {
+            BoltError::NotTls {
+                address,
+                why: "it closed the connection".into(),
+            }
+        }
+        None => BoltError::TlsHandshake {
+            address,
+            cause: source,
+        },
     }
 }
 
@@ -582,5 +845,68 @@ mod tests {
             )
         );
         assert_eq!(failure_of(None), (String::new(), String::new()));
+    }
+
+    fn message_bytes(tag: u8, fields: Vec<Value>) -> Vec<u8> {
+        let mut out = Vec::new();
+        packstream::encode(&Value::Struct { tag, fields }, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn server_messages_decode_by_tag() {
+        let meta = Value::map([("rt", Value::map([("ttl", Value::Int(300))]))]);
+        assert_eq!(
+            decode_message(&message_bytes(SUCCESS, vec![meta.clone()])),
+            Ok(ServerMessage::Success(meta))
+        );
+        assert_eq!(
+            decode_message(&message_bytes(SUCCESS, vec![])),
+            Ok(ServerMessage::Success(Value::Map(BTreeMap::new())))
+        );
+        let row = vec![Value::str("coordinator_1"), Value::Int(1)];
+        assert_eq!(
+            decode_message(&message_bytes(RECORD, vec![Value::List(row.clone())])),
+            Ok(ServerMessage::Record(row))
+        );
+        let failure = Value::map([
+            ("neo4j_code", Value::str("Memgraph.ClientError.X")),
+            ("message", Value::str("no")),
+        ]);
+        assert_eq!(
+            decode_message(&message_bytes(FAILURE, vec![failure])),
+            Ok(ServerMessage::Failure {
+                code: "Memgraph.ClientError.X".into(),
+                message: "no".into()
+            })
+        );
+        assert_eq!(
+            decode_message(&message_bytes(IGNORED, vec![])),
+            Ok(ServerMessage::Ignored)
+        );
+    }
+
+    #[test]
+    fn malformed_server_messages_are_errors() {
+        assert_eq!(
+            decode_message(&message_bytes(RECORD, vec![Value::Int(1)])),
+            Err(MessageError::RecordWithoutList)
+        );
+        assert_eq!(
+            decode_message(&message_bytes(RECORD, vec![])),
+            Err(MessageError::RecordWithoutList)
+        );
+        assert_eq!(
+            decode_message(&message_bytes(HELLO, vec![])),
+            Err(MessageError::UnknownTag(HELLO))
+        );
+        assert_eq!(
+            decode_message(&[0x01]),
+            Err(MessageError::NotAStructure("1".into()))
+        );
+        assert_eq!(
+            decode_message(&[0xB1, SUCCESS]),
+            Err(MessageError::PackStream(PackStreamError::Truncated))
+        );
     }
 }

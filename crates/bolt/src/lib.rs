@@ -9,4 +9,8 @@
 pub mod client;
 pub mod packstream;
 
-pub use client::{BoltAddress, BoltError, Connection, Credentials, QueryResult};
+pub use client::{
+    BoltAddress, BoltError, ConnectOptions, Connection, Credentials, Limits, QueryResult, Transport,
+};
+/// The rustls this crate speaks TLS with, for building a `Transport::Tls` configuration.
+pub use tokio_rustls::rustls;
