@@ -67,6 +67,10 @@ pub struct DecisionArgs {
         default_value = "ExternalIP,InternalIP"
     )]
     pub node_address_types: Vec<String>,
+    /// Which Nodes may carry a NodePort address: a label selector in the kubectl form, e.g.
+    /// `node-role.example.com/edge=true` for edge nodes with public IPs. Empty: every Node.
+    #[arg(long, env = "MAI_NODE_SELECTOR", default_value = "", value_parser = clap::value_parser!(crate::decision::nodes::NodeSelector))]
+    pub node_selector: crate::decision::nodes::NodeSelector,
     /// Container names that mark the Memgraph container when the image is not memgraph's.
     #[arg(
         long,
@@ -100,6 +104,7 @@ impl DecisionArgs {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
                 .collect(),
+            node_selector: self.node_selector.clone(),
             coordinator_flag: self
                 .coordinator_flag
                 .as_deref()

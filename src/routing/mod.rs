@@ -109,6 +109,9 @@ pub struct ClusterArgs {
         default_value = "ExternalIP,InternalIP"
     )]
     pub node_address_types: Vec<String>,
+    /// Which Nodes may carry a NodePort address (a label selector, as the webhook's flag).
+    #[arg(long, env = "MAI_NODE_SELECTOR", default_value = "", value_parser = clap::value_parser!(crate::decision::nodes::NodeSelector))]
+    pub node_selector: crate::decision::nodes::NodeSelector,
     /// The Bolt port inside the pods (the Service's target), used to find the Service.
     #[arg(long, env = "MAI_MEMGRAPH_BOLT_PORT", default_value_t = 7687)]
     pub bolt_port: i32,
@@ -261,16 +264,22 @@ pub fn cluster_from_text(
         &nodes,
         &pods,
         &args.namespace,
-        node_types(args),
+        decision_config(args),
     ))
 }
 
-fn node_types(args: &ClusterArgs) -> Vec<String> {
-    args.node_address_types
-        .iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect()
+/// The webhook's decision settings that routing needs: node address types and selector.
+fn decision_config(args: &ClusterArgs) -> crate::decision::Config {
+    crate::decision::Config {
+        node_address_types: args
+            .node_address_types
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        node_selector: args.node_selector.clone(),
+        ..crate::decision::Config::default()
+    }
 }
 
 async fn load_cluster(args: &ClusterArgs) -> Result<Option<RoutingCluster>, RoutingError> {
@@ -317,7 +326,7 @@ async fn load_cluster(args: &ClusterArgs) -> Result<Option<RoutingCluster>, Rout
         &nodes,
         &pods,
         &args.namespace,
-        node_types(args),
+        decision_config(args),
     )))
 }
 
@@ -479,7 +488,11 @@ pub fn desired_addresses(
                     "none of its registered addresses ({}) names a Service or pod in the cluster view",
                     [&i.bolt_server, &i.management_server].map(String::as_str).join(", ")
                 )),
-                Some(target) => match cluster.external_for(&target, bolt_port) {
+                Some(target) => match cluster.external_keeping(
+                    &target,
+                    bolt_port,
+                    Some(i.bolt_server.as_str()).filter(|b| !b.is_empty()),
+                ) {
                     External::Found { address, source } => Desired::Address { address, source },
                     External::Unknown(why) => Desired::Unknown(why),
                 },

@@ -1,18 +1,21 @@
-//! Which external address an instance of the routing table should have. The host and port
-//! come from the same code as the webhook's (`decision::address::resolve`); the instance is
-//! found from its registered in-cluster name: its pod's injected annotation first, else the
-//! NodePort/LoadBalancer Service that exposes it (shared/memgraph-ha.md, "What the external
-//! address is"). Pure: the cluster view is built by the caller (`from_objects`).
+//! Which external address an instance of the routing table should have. The instance is
+//! found from its registered in-cluster name; its pod is then decided exactly as the webhook
+//! decides it: the same Memgraph facts (`decision::pod`), the same Service ranking
+//! (`decision::service::choose`) and the same host and port rules (`decision::address`),
+//! with the node in use kept while it is usable. The pod's admission-time annotation is only
+//! the fallback (shared/memgraph-ha.md, "What the external address is"). Pure: the cluster
+//! view is built by the caller (`from_objects`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use crate::decision::address::{self, Resolution};
-use crate::decision::view::{
-    ClusterState, NodeView, ServicePortView, ServiceType, ServiceView, TargetPort,
-};
-use crate::decision::ADDRESS_ANNOTATION;
+use crate::decision::nodes::NodeRules;
+use crate::decision::pod::{self as pod_facts, SERVICE_ANNOTATION};
+use crate::decision::service::{self, ServiceChoice};
+use crate::decision::view::{ClusterState, NodeView, ServiceView};
+use crate::decision::{Config, ADDRESS_ANNOTATION};
 
 /// What an in-cluster address points at.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,6 +64,8 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub ips: Vec<String>,
+    /// `{"metadata", "spec"}` as JSON, decided as the webhook decides a pod.
+    pub raw: String,
 }
 
 /// Services, Nodes and Pods as `routing` needs them.
@@ -72,7 +77,8 @@ pub struct RoutingCluster {
     pub cluster_ips: BTreeMap<String, (String, String)>,
     /// Namespace of bare names.
     pub namespace: String,
-    pub node_address_types: Vec<String>,
+    /// The webhook's decision settings: recognition, node address types, node selector.
+    pub config: Config,
 }
 
 /// Where an external address came from, or why there is none.
@@ -88,11 +94,11 @@ impl RoutingCluster {
         nodes: &[Node],
         pods: &[Pod],
         namespace: &str,
-        node_address_types: Vec<String>,
+        config: Config,
     ) -> Self {
         let mut cluster = RoutingCluster {
             namespace: namespace.to_string(),
-            node_address_types,
+            config,
             ..Self::default()
         };
         for svc in services {
@@ -131,12 +137,14 @@ impl RoutingCluster {
                 .chain(status.and_then(|s| s.pod_ip.clone()))
                 .filter(|ip| !ip.is_empty())
                 .collect();
+            let raw = serde_json::json!({"metadata": &pod.metadata, "spec": &pod.spec}).to_string();
             cluster.pods.push(PodInfo {
                 namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
                 name,
                 labels: meta.labels.clone().unwrap_or_default(),
                 annotations: meta.annotations.clone().unwrap_or_default(),
                 ips,
+                raw,
             });
         }
         cluster
@@ -182,141 +190,146 @@ impl RoutingCluster {
         })
     }
 
-    /// The external address for what `target` names, reached on `bolt_port` inside the
-    /// cluster.
+    /// The external address for what `target` names (`bolt_port` only names the port in
+    /// messages; the pod's own Bolt port is used, as the webhook does).
     pub fn external_for(&self, target: &Target, bolt_port: i32) -> External {
+        self.external_keeping(target, bolt_port, None)
+    }
+
+    /// As `external_for`, keeping `current` (the address registered now) while the node that
+    /// carries it stays usable, so that a NodePort entry does not move without need.
+    pub fn external_keeping(
+        &self,
+        target: &Target,
+        bolt_port: i32,
+        current: Option<&str>,
+    ) -> External {
         let namespace = target.namespace();
-        // The pod behind the target, and the labels that select it.
-        let (pod, labels, owner_prefix): (Option<&PodInfo>, BTreeMap<String, String>, String) =
-            match target {
-                Target::Pod { name, .. } => {
-                    match self
-                        .pods
-                        .iter()
-                        .find(|p| p.namespace == namespace && &p.name == name)
-                    {
-                        Some(p) => (Some(p), p.labels.clone(), owner_of_pod(name)),
-                        None => {
-                            return External::Unknown(format!(
-                                "pod {namespace}/{name} is not in the cluster view (add pods: kubectl get svc,nodes,pods -A -o yaml)"
-                            ))
-                        }
+        let pod = match target {
+            Target::Pod { name, .. } => {
+                match self
+                    .pods
+                    .iter()
+                    .find(|p| p.namespace == namespace && &p.name == name)
+                {
+                    Some(p) => p,
+                    None => {
+                        return External::Unknown(format!(
+                            "pod {namespace}/{name} is not in the cluster view (add pods: kubectl get svc,nodes,pods -A -o yaml)"
+                        ))
                     }
                 }
-                Target::Service { name, .. } => {
-                    let Some(svc) = self.state.service(namespace, name) else {
+            }
+            Target::Service { name, .. } => {
+                let Some(svc) = self.state.service(namespace, name) else {
+                    return External::Unknown(format!(
+                        "Service {namespace}/{name} is not in the cluster view"
+                    ));
+                };
+                match self.pods_selected(namespace, &svc.selector).next() {
+                    Some(p) => p,
+                    None => {
                         return External::Unknown(format!(
-                            "Service {namespace}/{name} is not in the cluster view"
-                        ));
-                    };
-                    let pod = self.pods_selected(namespace, &svc.selector).next();
-                    let labels = pod
-                        .map(|p| p.labels.clone())
-                        .unwrap_or_else(|| svc.selector.clone());
-                    (pod, labels, name.clone())
+                            "no pod of Service {namespace}/{name} is in the cluster view (add pods: kubectl get svc,nodes,pods -A -o yaml)"
+                        ))
+                    }
                 }
-            };
+            }
+        };
         // The Service is the current truth (a LoadBalancer IP or the nodes may have changed
         // since the pod was created); the pod's annotation, written once at admission, is
         // the fallback. Anyone who may patch pods can edit it, so it never wins.
-        let annotated = pod.and_then(|p| {
-            p.annotations
-                .get(ADDRESS_ANNOTATION)
-                .map(|a| (p.name.clone(), a.clone()))
-        });
-        let current = self.exposing_service_address(target, &labels, &owner_prefix, bolt_port);
+        let annotated = pod.annotations.get(ADDRESS_ANNOTATION).cloned();
+        let current = self.decide_pod(pod, bolt_port, current);
         match (current, annotated) {
-            (External::Found { address, source }, Some((pod, annotation))) if annotation != address => External::Found {
-                source: format!("{source}; pod {pod}'s annotation {ADDRESS_ANNOTATION} says {annotation}, set at its creation and now out of date"),
+            (External::Found { address, source }, Some(annotation)) if annotation != address => External::Found {
+                source: format!("{source}; pod {}'s annotation {ADDRESS_ANNOTATION} says {annotation}, set at its creation and now out of date", pod.name),
                 address,
             },
             (found @ External::Found { .. }, _) => found,
-            (External::Unknown(why), Some((pod, annotation))) => External::Found {
-                address: annotation,
-                source: format!("pod {namespace}/{pod} annotation {ADDRESS_ANNOTATION} (no current Service address: {why})"),
+            (External::Unknown(why), Some(annotation)) => match crate::decision::hostport::HostPort::parse(&annotation, None) {
+                Ok(_) => External::Found {
+                    address: annotation,
+                    source: format!("pod {namespace}/{} annotation {ADDRESS_ANNOTATION} (no current Service address: {why})", pod.name),
+                },
+                Err(bad) => External::Unknown(format!("{why}; pod {}'s annotation {ADDRESS_ANNOTATION} is not usable: {bad}", pod.name)),
             },
             (unknown, None) => unknown,
         }
     }
 
-    /// The external address from the most specific NodePort or LoadBalancer Service that
-    /// selects `labels`, ranked as the webhook ranks them.
-    fn exposing_service_address(
-        &self,
-        target: &Target,
-        labels: &BTreeMap<String, String>,
-        owner_prefix: &str,
-        bolt_port: i32,
-    ) -> External {
-        let namespace = target.namespace();
-        if labels.is_empty() {
-            return External::Unknown(format!(
-                "{target:?} has no labels or selector to find the Service that exposes it"
-            ));
-        }
-        // The most specific exposing Service, as the webhook ranks them: most selector
-        // labels, then a name starting with the instance's (the chart's `-external`).
-        let mut best: Option<(&ServiceView, &ServicePortView)> = None;
-        for svc in self.state.services_in(namespace) {
-            let exposes = matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
-                && !svc.headless
-                && !svc.selector.is_empty()
-                && svc.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-            let Some(port) = svc.ports.iter().find(|p| exposes && reaches(p, bolt_port)) else {
-                continue;
-            };
-            let rank = |s: &ServiceView| {
-                (
-                    s.selector.len(),
-                    crate::decision::service::named_after(&s.name, owner_prefix),
-                )
-            };
-            if best.is_none_or(|(b, _)| rank(svc) > rank(b)) {
-                best = Some((svc, port));
+    /// The pod decided as the webhook decides it, against the current Services and Nodes.
+    fn decide_pod(&self, info: &PodInfo, bolt_port: i32, current: Option<&str>) -> External {
+        let namespace = &info.namespace;
+        let pod: pod_facts::Pod<'_> = match serde_json::from_str(&info.raw) {
+            Ok(pod) => pod,
+            Err(e) => {
+                return External::Unknown(format!(
+                    "pod {namespace}/{} cannot be read: {e}",
+                    info.name
+                ))
             }
-        }
-        let Some((svc, port)) = best else {
-            return External::Unknown(format!(
-                "no NodePort or LoadBalancer Service in {namespace} exposes port {bolt_port} of {}",
-                match target {
-                    Target::Pod { name, .. } => format!("pod {name}"),
-                    Target::Service { name, .. } => format!("the pods of Service {name}"),
-                }
-            ));
         };
-        match address::resolve(&self.state, svc, port, &self.node_address_types) {
-            Resolution::Resolved(ext) => External::Found {
-                address: ext.address(),
-                source: format!(
-                    "Service {}/{}, {}",
-                    svc.namespace,
-                    svc.name,
-                    ext.source.describe()
-                ),
-            },
-            // An unusable host is never written; it is reported like an address not known yet.
-            Resolution::Pending(why) | Resolution::Unusable(why) => External::Unknown(why),
-        }
+        let mg = match pod_facts::memgraph_pod(&pod, &self.config.recognition) {
+            Ok(Some(mg)) => mg,
+            Ok(None) => {
+                return External::Unknown(format!(
+                    "pod {namespace}/{} has no Memgraph container in the cluster view (its spec is needed: kubectl get pods -o yaml)",
+                    info.name
+                ))
+            }
+            Err(e) => return External::Unknown(format!("pod {namespace}/{}: {e}", info.name)),
+        };
+        let (svc, port) = match service::choose(
+            &self.state,
+            namespace,
+            &pod,
+            &mg,
+            pod.annotation(SERVICE_ANNOTATION),
+        ) {
+            ServiceChoice::Chosen { service, port, .. } => (service, port),
+            ServiceChoice::NoCandidate => {
+                return External::Unknown(format!(
+                    "no NodePort or LoadBalancer Service in {namespace} exposes the Bolt port {} of pod {} (expected {bolt_port})",
+                    mg.bolt_port,
+                    info.name
+                ))
+            }
+            ServiceChoice::NamedMissing(name) => {
+                return External::Unknown(format!(
+                    "pod {} names Service {name} in {SERVICE_ANNOTATION}, which does not exist",
+                    info.name
+                ))
+            }
+            ServiceChoice::NamedUnqualified(name, why) => {
+                return External::Unknown(format!(
+                    "pod {} names Service {name} in {SERVICE_ANNOTATION}, which cannot expose it: {why}",
+                    info.name
+                ))
+            }
+        };
+        let keep = current.map(crate::decision::hostport::host_of);
+        let mut rules = NodeRules::new(&self.config.node_address_types, &self.config.node_selector);
+        rules.keep_host = keep;
+        rules.pod_node = pod.node_name();
+        describe(svc, address::resolve(&self.state, svc, port, &rules))
     }
 }
 
-/// A StatefulSet pod `name-<ordinal>` belongs to `name`.
-fn owner_of_pod(pod: &str) -> String {
-    match pod.rsplit_once('-') {
-        Some((owner, ordinal)) if ordinal.chars().all(|c| c.is_ascii_digit()) => owner.into(),
-        _ => pod.into(),
+fn describe(svc: &ServiceView, resolution: Resolution) -> External {
+    match resolution {
+        Resolution::Resolved(ext) => External::Found {
+            address: ext.address(),
+            source: format!(
+                "Service {}/{}, {}",
+                svc.namespace,
+                svc.name,
+                ext.source.describe()
+            ),
+        },
+        // An unusable host is never written; it is reported like an address not known yet.
+        Resolution::Pending(why) | Resolution::Unusable(why) => External::Unknown(why),
     }
-}
-
-/// Does this Service port deliver to `bolt_port`? A named targetPort cannot be checked
-/// without the pod's container ports, so it counts when the Service port equals the Bolt
-/// port (the chart's `tcp-bolt-port`/`bolt` ports do).
-fn reaches(port: &ServicePortView, bolt_port: i32) -> bool {
-    port.protocol == "TCP"
-        && match &port.target_port {
-            Some(TargetPort::Number(n)) => *n == bolt_port,
-            Some(TargetPort::Name(_)) | None => port.port == bolt_port,
-        }
 }
 
 #[cfg(test)]
@@ -343,13 +356,7 @@ mod tests {
             .into_iter()
             .map(|d| serde_json::from_value(d).unwrap())
             .collect();
-        RoutingCluster::from_objects(
-            &services,
-            &nodes,
-            &pods,
-            "default",
-            vec!["ExternalIP".into(), "InternalIP".into()],
-        )
+        RoutingCluster::from_objects(&services, &nodes, &pods, "default", Config::default())
     }
 
     const CHART: &str = r#"
@@ -401,6 +408,9 @@ metadata:
   name: memgraph-coordinator-1-0
   namespace: default
   labels: {app: memgraph-coordinator-1, role: coordinator}
+  ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: memgraph-coordinator-1, uid: u1, controller: true}]
+spec:
+  containers: [{name: memgraph-coordinator, image: "memgraph/memgraph:3.12.0", args: ["--bolt-port=7687", "--coordinator-id=1", "--management-port=10000"]}]
 status: {podIP: 10.244.0.9}
 ---
 kind: Pod
@@ -410,6 +420,9 @@ metadata:
   namespace: default
   labels: {app: memgraph-data-0, role: data}
   annotations: {memgraph-address-injector/bolt-address: "data0.example.com:7687"}
+  ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: memgraph-data-0, uid: u2, controller: true}]
+spec:
+  containers: [{name: memgraph-data, image: "memgraph/memgraph:3.12.0", args: ["--bolt-port=7687", "--management-port=10000"]}]
 status: {podIP: 10.244.0.10}
 "#;
 
@@ -488,7 +501,13 @@ status: {podIP: 10.244.0.10}
             panic!()
         };
         assert!(why.contains("memgraph-coordinator-9"), "{why}");
-        let External::Unknown(why) = c.external_for(&svc("memgraph-coordinator-1"), 9999) else {
+        // The pod's own Bolt port decides, as in the webhook: no Service reaches 9999.
+        let moved = cluster(&CHART.replace(
+            r#"args: ["--bolt-port=7687", "--coordinator-id=1""#,
+            r#"args: ["--bolt-port=9999", "--coordinator-id=1""#,
+        ));
+        let External::Unknown(why) = moved.external_for(&svc("memgraph-coordinator-1"), 7687)
+        else {
             panic!()
         };
         assert!(why.contains("9999"), "{why}");
@@ -518,6 +537,5 @@ status: {podIP: 10.244.0.10}
             })
         );
         assert_eq!(Target::from_cluster_name("a.b.c.d", "x"), None);
-        assert_eq!(owner_of_pod("memgraph-data-0-0"), "memgraph-data-0");
     }
 }
