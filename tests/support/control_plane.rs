@@ -63,8 +63,28 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// What a test needs beyond the default control plane (for a real node: tests/support/node.rs).
+#[derive(Default, Clone)]
+pub struct Options {
+    /// More lines for the static token file (`token,user,uid,"group1,group2"`).
+    pub extra_tokens: Vec<String>,
+    /// Listen on every address and advertise this one as the `kubernetes` Service's endpoint
+    /// (lease reconciler); it and the Service's first IP (10.96.0.1) go into the serving
+    /// certificate, so pods on a node reach the API server.
+    pub advertise_address: Option<String>,
+    /// Controllers started beyond the default list (for a node: node-lifecycle-controller,
+    /// endpointslice-controller).
+    pub extra_controllers: Vec<String>,
+    /// Also start kube-scheduler.
+    pub scheduler: bool,
+}
+
 impl ControlPlane {
     pub fn start(dir: &Path) -> ControlPlane {
+        ControlPlane::start_with(dir, &Options::default())
+    }
+
+    pub fn start_with(dir: &Path, options: &Options) -> ControlPlane {
         let bin = binaries();
         let started = Instant::now();
         let mut processes = Vec::new();
@@ -96,14 +116,25 @@ impl ControlPlane {
         // Identities: the API server's serving certificate (our own gen-certs, with the
         // 127.0.0.1 SAN), a service-account signing key, an admin token.
         let pki = dir.join("pki");
-        gen_certs(&pki, &["127.0.0.1"]);
+        let mut sans = vec!["127.0.0.1"];
+        if let Some(address) = &options.advertise_address {
+            sans.extend([address.as_str(), "10.96.0.1"]);
+        }
+        gen_certs(&pki, &sans);
         let sa_key = rcgen::KeyPair::generate().expect("service-account key");
         std::fs::write(pki.join("sa.key"), sa_key.serialize_pem()).expect("sa.key");
         std::fs::write(pki.join("sa.pub"), sa_key.public_key_pem()).expect("sa.pub");
         let token = format!("e2e-{}", std::process::id());
         std::fs::write(
             pki.join("tokens.csv"),
-            format!("{token},admin,admin-uid,system:masters\n"),
+            format!(
+                "{token},admin,admin-uid,system:masters\n{}",
+                options
+                    .extra_tokens
+                    .iter()
+                    .map(|line| format!("{line}\n"))
+                    .collect::<String>()
+            ),
         )
         .expect("tokens.csv");
         let audit_policy = dir.join("audit-policy.yaml");
@@ -116,10 +147,15 @@ impl ControlPlane {
         let api_port = free_port();
         let api_log = dir.join("kube-apiserver.log");
         let pki_path = |f: &str| pki.join(f).display().to_string();
+        let (bind, advertise, reconciler) = match &options.advertise_address {
+            Some(address) => ("0.0.0.0", address.as_str(), "lease"),
+            // A loopback advertise address cannot back the `kubernetes` Endpoints.
+            None => ("127.0.0.1", "127.0.0.1", "none"),
+        };
         let apiserver_args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={advertise}"),
             format!("--secure-port={api_port}"),
             format!("--tls-cert-file={}", pki_path("tls.crt")),
             format!("--tls-private-key-file={}", pki_path("tls.key")),
@@ -135,8 +171,7 @@ impl ControlPlane {
             format!("--audit-policy-file={}", audit_policy.display()),
             format!("--audit-log-path={}", dir.join("audit.log").display()),
             "--enable-priority-and-fairness=false".into(),
-            // A loopback advertise address cannot back the `kubernetes` Endpoints.
-            "--endpoint-reconciler-type=none".into(),
+            format!("--endpoint-reconciler-type={reconciler}"),
             // The chart's init containers are privileged (sysctl); real clusters allow it.
             "--allow-privileged=true".into(),
             "--v=1".into(),
@@ -168,7 +203,14 @@ impl ControlPlane {
                 format!("--kubeconfig={}", kubeconfig.display()),
                 format!("--authentication-kubeconfig={}", kubeconfig.display()),
                 format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--controllers=statefulset-controller,job-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller".into(),
+                format!(
+                    "--controllers=statefulset-controller,job-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller{}",
+                    options
+                        .extra_controllers
+                        .iter()
+                        .map(|c| format!(",{c}"))
+                        .collect::<String>()
+                ),
                 format!("--service-account-private-key-file={}", pki_path("sa.key")),
                 format!("--root-ca-file={}", pki_path("ca.crt")),
                 "--use-service-account-credentials=false".into(),
@@ -180,6 +222,22 @@ impl ControlPlane {
             &kcm_log,
             "kube-controller-manager",
         ));
+        if options.scheduler {
+            processes.push(spawn(
+                &bin.join("kube-scheduler"),
+                &[
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                    "--leader-elect=false".into(),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={}", free_port()),
+                    "--v=1".into(),
+                ],
+                &dir.join("kube-scheduler.log"),
+                "kube-scheduler",
+            ));
+        }
         std::thread::sleep(Duration::from_millis(300));
         let mut plane = ControlPlane {
             processes,
@@ -200,6 +258,11 @@ impl ControlPlane {
         }
         plane.started_in = started.elapsed();
         plane
+    }
+
+    /// The directory of the binaries scripts/build-control-plane built.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
     }
 
     pub fn env(&self) -> Vec<(&'static str, String)> {

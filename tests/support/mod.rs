@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod control_plane;
 pub mod helm;
+pub mod node;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
