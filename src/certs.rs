@@ -36,6 +36,10 @@ pub enum CertError {
     ClientCa(PathBuf, String),
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("the key in {key} does not belong to the certificate in {cert}; replace both files together (a Secret updated half way?)")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("the certificate in {cert} {problem}; renew it (or fix the clock)")]
+    NotValidNow { cert: PathBuf, problem: String },
     #[error(
         "the certificate in {cert} and the key in {key} do not form a usable TLS identity: {cause}"
     )]
@@ -116,18 +120,82 @@ pub fn generate(
         path: out.to_path_buf(),
         cause,
     })?;
-    write(&files.ca, ca.pem().as_bytes(), 0o644)?;
-    write(&files.cert, cert.pem().as_bytes(), 0o644)?;
-    write(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write(&files.ca, ca.pem().as_bytes(), 0o644, force)?;
+    write(&files.cert, cert.pem().as_bytes(), 0o644, force)?;
+    write(&files.key, key.serialize_pem().as_bytes(), 0o600, force)?;
     Ok(files)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    use std::os::unix::fs::PermissionsExt;
+/// Creates `path` with `mode` from the start, so that the private key is never readable by
+/// others, not even between creating and writing it. Without `force` an existing file is an
+/// error (create_new: no race with a file appearing meanwhile); with it, the file is
+/// truncated and its mode set before any byte is written.
+fn write(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), CertError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let err = |cause| CertError::Write {
         path: path.to_path_buf(),
         cause,
     };
-    std::fs::write(path, bytes).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(mode);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(|cause| {
+        if cause.kind() == std::io::ErrorKind::AlreadyExists {
+            CertError::Exists(path.to_path_buf())
+        } else {
+            err(cause)
+        }
+    })?;
+    // An existing file keeps its old mode on open; the umask may also have narrowed ours.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_key_is_created_owner_only_and_force_keeps_it_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        let files = generate("svc", "ns", &[], &out, false, 30).unwrap();
+        assert_eq!(mode(&files.key), 0o600);
+        assert_eq!(mode(&files.cert), 0o644);
+        assert!(matches!(
+            generate("svc", "ns", &[], &out, false, 30),
+            Err(CertError::Exists(_))
+        ));
+        // A key left world-readable by someone else is narrowed when overwritten.
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let before = std::fs::read(&files.key).unwrap();
+        let again = generate("svc", "ns", &[], &out, true, 30).unwrap();
+        assert_eq!(mode(&again.key), 0o600);
+        assert_ne!(std::fs::read(&again.key).unwrap(), before);
+    }
+
+    #[test]
+    fn create_new_refuses_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls.key");
+        write(&path, b"one", 0o600, false).unwrap();
+        assert!(matches!(
+            write(&path, b"two", 0o600, false),
+            Err(CertError::Exists(_))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        assert_eq!(mode(&path), 0o600);
+    }
 }

@@ -1,10 +1,12 @@
 //! The serving certificate, kept in step with its files without a restart: a file watch for
 //! prompt pickup (in-place replacement and the kubelet's `..data` symlink swap of Secret
 //! volumes) plus a periodic poll that compares bytes, in case an event is missed. A reload
-//! that fails is logged and retried; the last good certificate keeps serving meanwhile.
+//! that fails (garbage, a key that does not match, a half-swapped Secret, a certificate not
+//! valid now) is logged, counted and retried by the poll; the last good pair keeps serving
+//! and readiness does not change, so a bad Secret update never takes every replica out.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +28,8 @@ pub struct TlsFiles {
 /// What readiness and metrics need to know about the certificate being served.
 #[derive(Debug, Default)]
 pub struct ServingCert {
+    not_before: AtomicI64,
     not_after: AtomicI64,
-    matches_files: AtomicBool,
     reloads: AtomicU64,
     reload_errors: AtomicU64,
 }
@@ -46,17 +48,32 @@ impl ServingCert {
         self.reload_errors.load(Ordering::Relaxed)
     }
 
-    /// Why the server should not be ready, if it should not.
+    /// Why the server should not be ready, if it should not: only a served certificate that
+    /// clients must refuse. A failed reload is not a reason, since the last good pair still
+    /// serves; it shows in the log and the reload error counter.
     pub fn problem(&self, now_unix: i64) -> Option<String> {
-        if now_unix >= self.not_after() {
-            return Some("the served TLS certificate has expired".into());
-        }
-        if !self.matches_files.load(Ordering::Relaxed) {
-            return Some(
-                "the served TLS certificate does not match the certificate files (a reload failed; see the log)"
-                    .into(),
-            );
-        }
+        validity_problem(
+            self.not_before.load(Ordering::Relaxed),
+            self.not_after(),
+            now_unix,
+        )
+        .map(|p| format!("the served TLS certificate {p}"))
+    }
+
+    fn set_validity(&self, loaded: &Loaded) {
+        self.not_before.store(loaded.not_before, Ordering::Relaxed);
+        self.not_after.store(loaded.not_after, Ordering::Relaxed);
+    }
+}
+
+fn validity_problem(not_before: i64, not_after: i64, now_unix: i64) -> Option<String> {
+    if now_unix >= not_after {
+        Some(format!("has expired (not after {not_after}, Unix seconds)"))
+    } else if now_unix < not_before {
+        Some(format!(
+            "is not valid yet (not before {not_before}, Unix seconds)"
+        ))
+    } else {
         None
     }
 }
@@ -72,6 +89,7 @@ struct Loaded {
     config: Arc<rustls::ServerConfig>,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
+    not_before: i64,
     not_after: i64,
 }
 
@@ -117,9 +135,15 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
     let leaf = chain
         .first()
         .ok_or_else(|| CertError::NoCertificate(files.cert.clone()))?;
-    let not_after = x509_parser::parse_x509_certificate(leaf)
-        .map(|(_, cert)| cert.validity().not_after.timestamp())
-        .map_err(|_| CertError::NoCertificate(files.cert.clone()))?;
+    let (not_before, not_after) = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| {
+            let validity = cert.validity();
+            (
+                validity.not_before.timestamp(),
+                validity.not_after.timestamp(),
+            )
+        })
+        .map_err(|_| CertError::BadCertificate(files.cert.clone()))?;
     let private_key = pem_private_key(&key_pem, &files.key)?;
     let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
@@ -140,12 +164,21 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
+    // Certificate and key are checked as a pair: with ring, `with_single_cert` compares the
+    // key's public half with the certificate's (`CertifiedKey::keys_match`), so a new
+    // certificate next to the old key (a half-swapped Secret) is refused here.
     let mut config = builder
         .with_single_cert(chain, private_key)
-        .map_err(|cause| CertError::Tls {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            cause,
+        .map_err(|cause| match cause {
+            rustls::Error::InconsistentKeys(_) => CertError::KeyMismatch {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+            },
+            cause => CertError::Tls {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                cause,
+            },
         })?;
     // The API server speaks HTTP/2 or HTTP/1.1 to webhooks.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -153,6 +186,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
         config: Arc::new(config),
         cert_pem,
         key_pem,
+        not_before,
         not_after,
     })
 }
@@ -167,10 +201,11 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(files: TlsFiles) -> Result<Self, CertError> {
+        // At startup any parseable pair is served, even an expired one: readiness then says
+        // what is wrong, which is easier to act on than a crash loop.
         let loaded = load(&files)?;
         let serving = Arc::new(ServingCert::default());
-        serving.not_after.store(loaded.not_after, Ordering::Relaxed);
-        serving.matches_files.store(true, Ordering::Relaxed);
+        serving.set_validity(&loaded);
         Ok(Self {
             files,
             rustls: RustlsConfig::from_config(loaded.config),
@@ -189,28 +224,33 @@ impl Reloader {
             }
         };
         if (&cert, &key) == (&self.current.0, &self.current.1) {
-            self.serving.matches_files.store(true, Ordering::Relaxed);
             return;
         }
-        match load(&self.files) {
+        let loaded = load(&self.files).and_then(|loaded| {
+            // A replacement that clients would refuse is not swapped in for a working one.
+            match validity_problem(loaded.not_before, loaded.not_after, now_unix()) {
+                Some(problem) => Err(CertError::NotValidNow {
+                    cert: self.files.cert.clone(),
+                    problem,
+                }),
+                None => Ok(loaded),
+            }
+        });
+        match loaded {
             Ok(loaded) => {
+                self.serving.set_validity(&loaded);
                 self.rustls.reload_from_config(loaded.config);
-                self.serving
-                    .not_after
-                    .store(loaded.not_after, Ordering::Relaxed);
-                self.serving.matches_files.store(true, Ordering::Relaxed);
                 self.serving.reloads.fetch_add(1, Ordering::Relaxed);
                 self.current = (loaded.cert_pem, loaded.key_pem);
                 tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "reloaded the serving certificate");
             }
             // A half-written pair (certificate replaced, key not yet) lands here; the next
-            // event or poll picks up the finished pair.
+            // event or poll picks up the finished pair. Readiness is untouched.
             Err(err) => self.failed(&err),
         }
     }
 
     fn failed(&self, err: &CertError) {
-        self.serving.matches_files.store(false, Ordering::Relaxed);
         self.serving.reload_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %err, "cannot reload the serving certificate; still serving the previous one, will retry");
     }
