@@ -1,8 +1,8 @@
 //! A small, bounded Bolt client for Memgraph routing tables: the handshake (5.0–5.2, 4.4,
 //! 4.3), HELLO (+ LOGON on 5.1+), ROUTE and auto-commit RUN + PULL, over PackStream.
 //! This crate is the only code of memgraph-address-injector that parses bytes a Bolt server
-//! sends, so it depends on nothing else of the project and has its own fuzz target
-//! (`fuzz/`, target `packstream`).
+//! sends, so it depends on nothing else of the project and has its own fuzz targets
+//! (`fuzz/`, targets `packstream` and `bolt_reply`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

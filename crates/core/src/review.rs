@@ -14,6 +14,8 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
+    #[error("the body is not UTF-8, so not a JSON AdmissionReview: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
     #[error("the body is not a JSON AdmissionReview: {0}")]
     NotJson(#[from] serde_json::Error),
     #[error("the AdmissionReview has apiVersion {0:?}; this webhook speaks admission.k8s.io/v1 only (set admissionReviewVersions: [v1])")]
@@ -128,7 +130,10 @@ fn check<O>(envelope: Envelope<'_, O>) -> Result<Request<'_, O>, ReviewError> {
 /// again with the object kept raw, to answer a bad Pod (allowed, with a warning) apart from
 /// a bad review (a 4xx).
 pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, ReviewError> {
-    if let Ok(envelope) = serde_json::from_slice::<Envelope<'_, Pod<'_>>>(body) {
+    // Checked up front: from_slice skips the fields it ignores without validating them, so
+    // a body with invalid UTF-8 there would pass as JSON (found by fuzz target `review`).
+    let body = std::str::from_utf8(body)?;
+    if let Ok(envelope) = serde_json::from_str::<Envelope<'_, Pod<'_>>>(body) {
         let mut request = check(envelope)?;
         let object = match request.object.take() {
             None => PodObject::Missing,
@@ -136,7 +141,7 @@ pub fn parse(body: &[u8]) -> Result<AdmissionRequest<'_>, ReviewError> {
         };
         return Ok(request.with_object(object));
     }
-    let envelope: Envelope<'_, &RawValue> = serde_json::from_slice(body)?;
+    let envelope: Envelope<'_, &RawValue> = serde_json::from_str(body)?;
     let request = check(envelope)?;
     let object = match request.object {
         None => PodObject::Missing,
@@ -207,4 +212,23 @@ pub fn encode(uid: &str, decision: &super::Decision) -> Vec<u8> {
     };
     // Serialising plain strings, bools and maps of strings cannot fail.
     serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_in_an_ignored_field_is_not_json() {
+        // From the fuzz target `review`: serde_json skipped the unknown field without
+        // validating it, and the webhook patched a body that no JSON parser accepts.
+        let mut body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{"metadata":{"name":"p"},"spec":{"containers":[]},"extra":"XX"}}}"#.to_vec();
+        let at = body.windows(2).position(|w| w == b"XX").unwrap();
+        body[at..at + 2].copy_from_slice(&[0xFF, 0xFE]);
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+        assert!(matches!(parse(&body), Err(ReviewError::NotUtf8(_))));
+        // The same body with valid text still parses.
+        body[at..at + 2].copy_from_slice(b"ok");
+        assert!(parse(&body).is_ok());
+    }
 }
