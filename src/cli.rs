@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the webhook over HTTPS, with health and metrics over plain HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Decide one AdmissionReview or Pod offline, against a saved cluster state.
     Review(ReviewArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
@@ -120,6 +120,8 @@ impl DecisionArgs {
 pub struct ServeArgs {
     #[clap(flatten)]
     pub decision: DecisionArgs,
+    #[clap(flatten)]
+    pub reconcile: crate::reconcile::ReconcileArgs,
     /// HTTPS listen address for POST /mutate.
     #[arg(long, env = "MAI_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
@@ -217,7 +219,7 @@ pub struct GenCertsArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Review(args) => review_cmd(args),
         Command::GenCerts(args) => gen_certs(args),
         Command::Routing(args) => crate::routing::run(args).await,
@@ -227,6 +229,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.decision.config()?;
     let mut reporter = crate::report::Reporter::log_only();
+    let mut reconcile_client = None;
     let cluster = match &args.cluster_state {
         Some(path) => {
             let state = cluster::load_state_file(&path.to_string_lossy())?;
@@ -242,6 +245,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)",
             )?;
             reporter = crate::report::Reporter::with_events(client.clone());
+            reconcile_client = Some(client.clone());
             SharedCluster::watched(client)
         }
     };
@@ -258,6 +262,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_in_flight,
     );
     app.reporter = reporter;
+    if args.reconcile.reconcile_routing {
+        let Some(client) = reconcile_client else {
+            bail!("--reconcile-routing needs the API server; it cannot run with --cluster-state");
+        };
+        crate::reconcile::start(
+            client,
+            &args.reconcile,
+            (*app.config).clone(),
+            app.metrics.clone(),
+            app.reporter.clone(),
+        )
+        .await?;
+    }
     server::serve(
         ServeOptions {
             listen: args.listen,

@@ -24,6 +24,7 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod metrics;
+pub mod reconcile;
 pub mod report;
 pub mod routing;
 pub mod server;

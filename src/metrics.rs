@@ -233,6 +233,79 @@ struct BuildLabels {
     commit: &'static str,
 }
 
+/// What a registration in a routing table points at.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// The external address the cluster gives (what outside clients need).
+    External,
+    /// Something else (an in-cluster name, a stale address).
+    InCluster,
+    /// The external address is not known yet (pending LoadBalancer, no usable node).
+    Unknown,
+}
+
+impl EncodeLabelValue for RegistrationState {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::External => "external",
+            Self::InCluster => "in_cluster",
+            Self::Unknown => "unknown",
+        }
+        .encode(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistrationLabels {
+    pub namespace: String,
+    pub state: RegistrationState,
+}
+
+/// How a reconcile of one cluster ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// The table matches the cluster (changed or not).
+    Ok,
+    /// Left for later or for a person: unknown addresses, or a version that cannot update.
+    Pending,
+    Unreachable,
+    Auth,
+    Tls,
+    Refused,
+    NotVerified,
+    Error,
+}
+
+impl ReconcileResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Pending => "pending",
+            Self::Unreachable => "unreachable",
+            Self::Auth => "auth",
+            Self::Tls => "tls",
+            Self::Refused => "refused",
+            Self::NotVerified => "not_verified",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for ReconcileResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.as_str().encode(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub namespace: String,
+    pub result: ReconcileResult,
+}
+
+/// Upper bounds of change → corrected table, in seconds.
+const CORRECTION_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+
 /// The instruments counted as requests are served. Each is a cheap handle (an `Arc` inside),
 /// registered once in [`Metrics::default`].
 #[derive(Clone, Debug)]
@@ -242,6 +315,16 @@ pub struct Instruments {
     pub decision_duration: Histogram,
     pub live_service_lists: Counter,
     pub handler_panics: Counter,
+    /// Routing reconciler: registrations by state, per cluster (namespace).
+    pub routing_registrations: Family<RegistrationLabels, prometheus_client::metrics::gauge::Gauge>,
+    /// Routing reconciler: runs by result, per cluster.
+    pub routing_reconciles: Family<ReconcileLabels, Counter>,
+    /// Routing reconciler: from the first change seen to a verified, corrected table.
+    pub routing_correction_duration: Histogram,
+    /// Routing reconciler: 1 while this replica holds the Lease.
+    pub routing_leader: prometheus_client::metrics::gauge::Gauge,
+    /// Routing reconciler: when each cluster was last reconciled successfully.
+    pub routing_last_success: Arc<Mutex<std::collections::BTreeMap<String, std::time::Instant>>>,
 }
 
 impl Default for Instruments {
@@ -252,6 +335,11 @@ impl Default for Instruments {
             decision_duration: Histogram::new(BUCKETS),
             live_service_lists: Counter::default(),
             handler_panics: Counter::default(),
+            routing_registrations: Family::default(),
+            routing_reconciles: Family::default(),
+            routing_correction_duration: Histogram::new(CORRECTION_BUCKETS),
+            routing_leader: Default::default(),
+            routing_last_success: Arc::default(),
         }
     }
 }
@@ -303,6 +391,28 @@ impl Default for Metrics {
                 commit: crate::COMMIT,
             }),
         );
+        registry.register(
+            "routing_registrations",
+            "Routing reconciler: registrations by state (external, in_cluster, unknown) per Memgraph cluster (namespace)",
+            m.routing_registrations.clone(),
+        );
+        registry.register(
+            "routing_reconciles",
+            "Routing reconciler: reconcile runs per cluster, by result (ok, pending, or the error's reason)",
+            m.routing_reconciles.clone(),
+        );
+        registry.register_with_unit(
+            "routing_correction_duration",
+            "Routing reconciler: time from a cluster change to a verified, corrected routing table",
+            Unit::Seconds,
+            m.routing_correction_duration.clone(),
+        );
+        registry.register(
+            "routing_leader",
+            "Routing reconciler: 1 while this replica holds the Lease and writes to Memgraph",
+            m.routing_leader.clone(),
+        );
+        registry.register_collector(Box::new(LastSuccess(Arc::clone(&m.routing_last_success))));
         let scrape_time = Arc::new(ScrapeTime::default());
         registry.register_collector(Box::new(Arc::clone(&scrape_time)));
         Self {
@@ -800,5 +910,34 @@ mod tests {
             Prometheus.content_type(),
             "text/plain; version=0.0.4; charset=utf-8"
         );
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+/// `routing_seconds_since_last_success{namespace}`, computed at scrape time.
+#[derive(Debug)]
+struct LastSuccess(Arc<Mutex<std::collections::BTreeMap<String, std::time::Instant>>>);
+
+impl Collector for LastSuccess {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let last = lock(&self.0).clone();
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "routing_seconds_since_last_success",
+            "Routing reconciler: seconds since each cluster's last successful reconcile.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, at) in last {
+            ConstGauge::new(at.elapsed().as_secs_f64())
+                .encode(family.encode_family(&NamespaceLabels { namespace })?)?;
+        }
+        Ok(())
     }
 }

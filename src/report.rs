@@ -38,6 +38,8 @@ pub struct Notice {
     pub object: ObjectRef,
     pub reason: &'static str,
     pub message: String,
+    /// `Warning`, or `Normal` for a change that went as planned.
+    pub type_: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +92,7 @@ pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
             object: object.clone(),
             reason,
             message: cut(format!("pod {subject}: {denial}")),
+            type_: "Warning",
         });
     }
     for warning in &decision.warnings {
@@ -98,6 +101,7 @@ pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
             object: object.clone(),
             reason: REASON_WARNING,
             message: cut(format!("pod {subject}: {}", warning.detail)),
+            type_: "Warning",
         });
     }
     out
@@ -111,7 +115,7 @@ fn pod_label(pod: &PodRef) -> String {
     }
 }
 
-fn cut(mut message: String) -> String {
+pub fn cut(mut message: String) -> String {
     if message.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE - 3;
         while !message.is_char_boundary(end) {
@@ -215,6 +219,17 @@ impl Reporter {
         }
     }
 
+    /// Records an Event that is not about an admission (the routing reconciler's), with the
+    /// same repeat window and bounded queue.
+    pub fn notify(&self, notice: Notice) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        if self.first_in_window(&notice, Instant::now()) && events.try_send(notice).is_err() {
+            tracing::warn!("Event queue full; an Event was dropped");
+        }
+    }
+
     /// True when this notice was not sent within the repeat window.
     fn first_in_window(&self, notice: &Notice, now: Instant) -> bool {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,7 +264,7 @@ fn to_event(notice: &Notice, instance: &str) -> Event {
         },
         reason: Some(notice.reason.to_string()),
         message: Some(notice.message.clone()),
-        type_: Some("Warning".into()),
+        type_: Some(notice.type_.into()),
         source: Some(EventSource {
             component: Some(COMPONENT.into()),
             host: None,

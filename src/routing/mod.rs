@@ -223,6 +223,7 @@ impl Connector {
                 timeout: Duration::from_millis(args.timeout_ms),
                 transport,
                 limits: Default::default(),
+                tls_server_name: None,
             },
         })
     }
@@ -413,6 +414,7 @@ async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
                 match ext {
                     Some(External::Found { address, source }) => format!("{address} ({source})"),
                     Some(External::Unknown(why)) => format!("unknown: {why}"),
+                    Some(External::Invalid(why)) => format!("refused: {why}"),
                     None => "(pass --cluster or --in-cluster)".into(),
                 },
             ),
@@ -446,7 +448,7 @@ async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
 
 /// Which in-cluster name an instance was registered under: its management endpoint (always
 /// in-cluster), then its Raft endpoint, then its Bolt address.
-fn target_of(instance: &Instance, cluster: &RoutingCluster) -> Option<Target> {
+pub(crate) fn target_of(instance: &Instance, cluster: &RoutingCluster) -> Option<Target> {
     [
         &instance.management_server,
         &instance.coordinator_server,
@@ -495,6 +497,7 @@ pub fn desired_addresses(
                 ) {
                     External::Found { address, source } => Desired::Address { address, source },
                     External::Unknown(why) => Desired::Unknown(why),
+                    External::Invalid(why) => Desired::Invalid(why),
                 },
             };
             (i.name.clone(), desired)
@@ -502,7 +505,7 @@ pub fn desired_addresses(
         .collect()
 }
 
-async fn show_instances(conn: &mut Connection) -> Result<Vec<Instance>, RoutingError> {
+pub(crate) async fn show_instances(conn: &mut Connection) -> Result<Vec<Instance>, RoutingError> {
     let result = conn.run("SHOW INSTANCES").await.map_err(|e| match e {
         BoltError::Query {
             address,
@@ -519,7 +522,7 @@ async fn show_instances(conn: &mut Connection) -> Result<Vec<Instance>, RoutingE
     Ok(plan::instances(&result)?)
 }
 
-async fn memgraph_version(conn: &mut Connection) -> Result<Version, RoutingError> {
+pub(crate) async fn memgraph_version(conn: &mut Connection) -> Result<Version, RoutingError> {
     let result = conn.run("SHOW VERSION").await?;
     let got = result
         .records

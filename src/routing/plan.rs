@@ -113,8 +113,13 @@ pub fn instances(result: &QueryResult) -> Result<Vec<Instance>, PlanError> {
 /// What the cluster says the instance's Bolt address should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Desired {
-    Address { address: String, source: String },
+    Address {
+        address: String,
+        source: String,
+    },
     Unknown(String),
+    /// The cluster gives a value that is not a host: refused, never written.
+    Invalid(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,7 +251,7 @@ pub fn plan(
                 instance.name.clone(),
                 "no external address was looked up".into(),
             )),
-            Some(Desired::Unknown(why)) => {
+            Some(Desired::Unknown(why) | Desired::Invalid(why)) => {
                 plan.unresolved.push((instance.name.clone(), why.clone()))
             }
             Some(Desired::Address { address, .. }) if *address == instance.bolt_server => {

@@ -84,8 +84,14 @@ pub struct RoutingCluster {
 /// Where an external address came from, or why there is none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum External {
-    Found { address: String, source: String },
+    Found {
+        address: String,
+        source: String,
+    },
     Unknown(String),
+    /// The cluster gives a value that is not a host (an annotation, an ingress hostname):
+    /// refused, never written.
+    Invalid(String),
 }
 
 impl RoutingCluster {
@@ -254,6 +260,7 @@ impl RoutingCluster {
                 },
                 Err(bad) => External::Unknown(format!("{why}; pod {}'s annotation {ADDRESS_ANNOTATION} is not usable: {bad}", pod.name)),
             },
+            (invalid @ External::Invalid(_), _) => invalid,
             (unknown, None) => unknown,
         }
     }
@@ -327,8 +334,9 @@ fn describe(svc: &ServiceView, resolution: Resolution) -> External {
                 ext.source.describe()
             ),
         },
-        // An unusable host is never written; it is reported like an address not known yet.
-        Resolution::Pending(why) | Resolution::Unusable(why) => External::Unknown(why),
+        Resolution::Pending(why) => External::Unknown(why),
+        // An unusable host is never written.
+        Resolution::Unusable(why) => External::Invalid(why),
     }
 }
 

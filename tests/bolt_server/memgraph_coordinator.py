@@ -263,6 +263,24 @@ class Cluster:
             self.instances[name]["health"] = "up"
         return self.listen(name)
 
+    def make_main(self, name):
+        """Failover: `name` becomes MAIN, every other data instance a REPLICA."""
+        with self.lock:
+            for other in self.order:
+                if not self.is_coordinator(other):
+                    self.instances[other]["role"] = "main" if other == name else "replica"
+
+    def add(self, spec):
+        """Scale-out: a new instance registered as the chart's setup Job would."""
+        inst = dict(spec)
+        inst.setdefault("coordinator_server", "")
+        inst.setdefault("health", "up")
+        with self.lock:
+            self.instances[inst["name"]] = inst
+            self.order.append(inst["name"])
+            self.connections[inst["name"]] = set()
+        return self.listen(inst["name"])
+
     def make_leader(self, name):
         with self.lock:
             for other in self.order:
@@ -546,6 +564,10 @@ def main():
         if not words:
             continue
         try:
+            if words[0] == "add":
+                spec = json.loads(line.split(None, 1)[1])
+                print(f"ok add {spec['name']} {cluster.add(spec)}", flush=True)
+                continue
             command, name = words[0], words[1]
             if name not in cluster.instances:
                 raise KeyError(name)
@@ -554,12 +576,15 @@ def main():
                 print(f"ok down {name}", flush=True)
             elif command == "up":
                 print(f"ok up {name} {cluster.up(name)}", flush=True)
+            elif command == "main":
+                cluster.make_main(name)
+                print(f"ok main {name}", flush=True)
             elif command == "leader":
                 cluster.make_leader(name)
                 print(f"ok leader {name}", flush=True)
             else:
                 print(f"error unknown command {command}", flush=True)
-        except (IndexError, KeyError, OSError) as e:
+        except (IndexError, KeyError, OSError, ValueError) as e:
             print(f"error {e!r}", flush=True)
 
 

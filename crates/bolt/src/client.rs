@@ -259,6 +259,9 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     pub transport: Transport,
     pub limits: Limits,
+    /// The name the server's certificate must carry, when it is not the host connected to
+    /// (a reconciler dials a pod IP; the certificate names the pod's DNS name).
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -268,6 +271,7 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(5),
             transport: Transport::Plain,
             limits: Limits::default(),
+            tls_server_name: None,
         }
     }
 }
@@ -316,7 +320,10 @@ impl Connection {
         let server_name = match &options.transport {
             Transport::Plain => None,
             Transport::Tls(_) => {
-                let host = address.host.trim_start_matches('[').trim_end_matches(']');
+                let host = match &options.tls_server_name {
+                    Some(name) => name.as_str(),
+                    None => address.host.trim_start_matches('[').trim_end_matches(']'),
+                };
                 Some(
                     rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
                         BoltError::TlsName {

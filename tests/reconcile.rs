@@ -1,0 +1,685 @@
+//! The routing reconciler against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager) and the Bolt test server acting as a Memgraph 3.8 HA cluster.
+//! Pods are created by chart-shaped StatefulSets; with no kubelet here, the test plays the
+//! kubelet and sets each pod's IP and readiness. Each pod IP is a loopback address on which
+//! the test server listens as that instance, on the chart's Bolt port 7687 — the reconciler
+//! reaches every coordinator by its in-cluster address only.
+//!
+//! `changes_are_corrected` walks the scenarios of the issue, each timed from the change to a
+//! verified table; `correction_latency` (ignored; run by `scripts/bench`) repeats a change
+//! 50+ times and prints p50/p99.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use memgraph_address_injector::routing::bolt::{
+    BoltAddress, ConnectOptions, Connection, Credentials,
+};
+use serde_json::{json, Value};
+use support::chart::*;
+use support::control_plane::ControlPlane;
+use support::*;
+
+const NS: &str = "rc";
+const LEASE_NS: &str = "mai-system";
+const USER: &str = "admin";
+const PASSWORD: &str = "s3cret";
+
+/// The five instances of the chart: (StatefulSet, role, pod IP, Bolt test server name).
+const INSTANCES: [(&str, &str, &str, &str); 5] = [
+    (
+        "memgraph-coordinator-1",
+        "coordinator",
+        "127.0.10.11",
+        "coordinator_1",
+    ),
+    (
+        "memgraph-coordinator-2",
+        "coordinator",
+        "127.0.10.12",
+        "coordinator_2",
+    ),
+    (
+        "memgraph-coordinator-3",
+        "coordinator",
+        "127.0.10.13",
+        "coordinator_3",
+    ),
+    ("memgraph-data-0", "data", "127.0.10.20", "instance_0"),
+    ("memgraph-data-1", "data", "127.0.10.21", "instance_1"),
+];
+
+struct TestServer {
+    _guard: ChildGuard,
+    stdin: std::process::ChildStdin,
+    replies: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    journal: std::path::PathBuf,
+}
+
+impl TestServer {
+    fn start(dir: &std::path::Path, instances: &[(&str, &str, &str, &str)]) -> Self {
+        let journal = dir.join("journal.jsonl");
+        let table: Vec<Value> = instances
+            .iter()
+            .enumerate()
+            .map(|(i, (sts, role, ip, name))| {
+                let internal = |port: u16| format!("{sts}.{NS}.svc.cluster.local:{port}");
+                let mut entry = json!({"name": name, "listen": format!("{ip}:7687"),
+                    "bolt_server": internal(7687), "management_server": internal(10000)});
+                if *role == "coordinator" {
+                    entry["coordinator_server"] = json!(internal(12000));
+                    entry["role"] = json!(if i == 0 { "leader" } else { "follower" });
+                } else {
+                    entry["role"] = json!(if *name == "instance_0" {
+                        "main"
+                    } else {
+                        "replica"
+                    });
+                }
+                entry
+            })
+            .collect();
+        let config = dir.join("cluster.json");
+        std::fs::write(
+            &config,
+            json!({"ttl": 2, "version": "3.8.0", "instances": table, "journal": journal,
+                   "auth": {"user": USER, "password": PASSWORD}})
+            .to_string(),
+        )
+        .unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/bolt_server/memgraph_coordinator.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 and the Bolt test server");
+        let stdin = child.stdin.take().unwrap();
+        let mut replies = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = replies.next().unwrap().unwrap();
+        assert!(first.contains("listening"), "{first}");
+        Self {
+            _guard: ChildGuard {
+                child,
+                name: "bolt-test-server".into(),
+            },
+            stdin,
+            replies,
+            journal,
+        }
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let reply = self.replies.next().unwrap().unwrap();
+        assert!(reply.starts_with("ok"), "{line}: {reply}");
+        reply
+    }
+
+    /// UPDATE CONFIG statements the server accepted, in order.
+    fn updates(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.journal)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["query"].as_str().map(String::from))
+            .filter(|q| q.starts_with("UPDATE CONFIG"))
+            .collect()
+    }
+}
+
+/// `SHOW INSTANCES` as an operator would read it: name → bolt_server.
+async fn registered() -> BTreeMap<String, String> {
+    let options = ConnectOptions {
+        credentials: Some(Credentials {
+            user: USER.into(),
+            password: PASSWORD.into(),
+        }),
+        ..Default::default()
+    };
+    for (_, _, ip, _) in INSTANCES.iter().take(3) {
+        let address = BoltAddress {
+            host: ip.to_string(),
+            port: 7687,
+        };
+        let Ok(mut conn) = Connection::connect(&address, &options).await else {
+            continue;
+        };
+        let result = conn.run("SHOW INSTANCES").await.expect("SHOW INSTANCES");
+        conn.close().await;
+        let name = result.fields.iter().position(|f| f == "name").unwrap();
+        let bolt = result
+            .fields
+            .iter()
+            .position(|f| f == "bolt_server")
+            .unwrap();
+        return result
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r[name].as_str().unwrap().to_string(),
+                    r[bolt].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    }
+    panic!("no coordinator of the test server answers");
+}
+
+/// Waits until `check` holds for the registrations; returns the time it took.
+async fn until(what: &str, check: impl Fn(&BTreeMap<String, String>) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = registered().await;
+        if check(&now) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}; SHOW INSTANCES: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn node_port(client: &Client, service: &str) -> i32 {
+    let api: Api<Service> = Api::namespaced(client.clone(), NS);
+    api.get(service).await.unwrap().spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .expect("nodePort")
+}
+
+async fn set_node_ready(client: &Client, name: &str, ready: bool) {
+    let api: Api<Node> = Api::all(client.clone());
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+        "reason": "e2e", "message": "e2e", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// Plays the kubelet: the pod runs, is Ready, and has `ip`.
+async fn pod_running(client: &Client, pod: &str, ip: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_for(Duration::from_secs(60), &format!("pod {pod}"), || async {
+        pods.get_opt(pod).await.ok().flatten()
+    })
+    .await;
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// Our Events on a pod with `reason`, their messages.
+async fn events_on(client: &Client, pod: &str, reason: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.involved_object.kind.as_deref() == Some("Pod")
+                && e.involved_object.name.as_deref() == Some(pod)
+        })
+        .filter_map(|e| e.message)
+        .collect()
+}
+
+async fn wait_event(client: &Client, pod: &str, reason: &str, needle: &str) -> String {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("a {reason} Event on {pod} containing {needle:?}"),
+        || async {
+            events_on(client, pod, reason)
+                .await
+                .into_iter()
+                .find(|m| m.contains(needle))
+        },
+    )
+    .await
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    plane: ControlPlane,
+    client: Client,
+    server: TestServer,
+    password_file: std::path::PathBuf,
+}
+
+/// The control plane, three Nodes, the chart's cluster in `rc` (coordinators and data-0
+/// behind NodePorts, data-1 behind a LoadBalancer still pending) and the test server.
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(dir.path());
+    let client = plane.client().await;
+    namespace(&client, NS).await;
+    namespace(&client, LEASE_NS).await;
+    node(
+        &client,
+        "node-a",
+        &[("InternalIP", "10.0.0.10"), ("ExternalIP", "203.0.113.10")],
+    )
+    .await;
+    node(
+        &client,
+        "node-b",
+        &[("InternalIP", "10.0.0.11"), ("ExternalIP", "203.0.113.11")],
+    )
+    .await;
+    node(
+        &client,
+        "node-c",
+        &[("InternalIP", "10.0.0.12"), ("ExternalIP", "203.0.113.12")],
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    for (sts, role, _, _) in INSTANCES {
+        // The chart's internal Service, whose name the registrations use.
+        let internal: Service = from(
+            json!({"metadata": {"name": sts}, "spec": {"clusterIP": "None",
+            "selector": {"app": sts}, "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
+        );
+        services
+            .create(&PostParams::default(), &internal)
+            .await
+            .unwrap();
+        let type_ = if sts == "memgraph-data-1" {
+            "LoadBalancer"
+        } else {
+            "NodePort"
+        };
+        services
+            .create(
+                &PostParams::default(),
+                &external_service(sts, type_, &[7687]),
+            )
+            .await
+            .unwrap();
+        let args = if role == "coordinator" {
+            coordinator_args(sts.rsplit('-').next().unwrap().parse().unwrap(), NS)
+        } else {
+            data_args()
+        };
+        sets.create(
+            &PostParams::default(),
+            &chart_statefulset(sts, role, "memgraph/memgraph:3.8.0", &args),
+        )
+        .await
+        .unwrap();
+    }
+    let server = TestServer::start(dir.path(), &INSTANCES);
+    for (sts, _, ip, _) in INSTANCES {
+        pod_running(&client, &format!("{sts}-0"), ip).await;
+    }
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    Cluster {
+        _dir: dir,
+        plane,
+        client,
+        server,
+        password_file,
+    }
+}
+
+fn start_reconciler(c: &Cluster, identity: &str) -> Webhook {
+    let kubeconfig = c.plane.kubeconfig.display().to_string();
+    let password = c.password_file.display().to_string();
+    let webhook_dir = c._dir.path().join(identity);
+    std::fs::create_dir_all(&webhook_dir).unwrap();
+    let webhook = start_webhook(
+        &webhook_dir,
+        &["--reconcile-routing"],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("POD_NAMESPACE", LEASE_NS),
+            ("POD_NAME", identity),
+            ("MAI_RECONCILE_BOLT_USER", USER),
+            ("MAI_RECONCILE_BOLT_PASSWORD_FILE", password.as_str()),
+            ("MAI_RECONCILE_DEBOUNCE_MS", "100"),
+            ("MAI_RECONCILE_LEASE_SECONDS", "6"),
+            ("MAI_RECONCILE_BOLT_TIMEOUT_MS", "2000"),
+        ],
+    );
+    webhook
+}
+
+async fn leader_of(replicas: &[&Webhook]) -> Option<usize> {
+    let mut leaders = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        if r.metric("memgraph_address_injector_routing_leader").await == Some(1.0) {
+            leaders.push(i);
+        }
+    }
+    assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+    leaders.first().copied()
+}
+
+fn external_nodeports(
+    now: &BTreeMap<String, String>,
+    host: &str,
+    ports: &BTreeMap<String, i32>,
+) -> bool {
+    ports
+        .iter()
+        .all(|(name, port)| now.get(name) == Some(&format!("{host}:{port}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_corrected() {
+    let mut c = cluster().await;
+    let client = c.client.clone();
+    let mut ports = BTreeMap::new();
+    for (sts, _, _, name) in INSTANCES.iter().filter(|i| i.0 != "memgraph-data-1") {
+        ports.insert(
+            name.to_string(),
+            node_port(&client, &format!("{sts}-external")).await,
+        );
+    }
+    let before = registered().await;
+    assert!(
+        before.values().all(|b| b.contains(".svc.cluster.local")),
+        "{before:?}"
+    );
+
+    // Two replicas; one takes the Lease.
+    let a = start_reconciler(&c, "replica-a");
+    let b = start_reconciler(&c, "replica-b");
+    let took = until("every NodePort entry on node-a", |now| {
+        external_nodeports(now, "203.0.113.10", &ports)
+    })
+    .await;
+    eprintln!("initial registrations corrected in {took:.1?}");
+    let leader = wait_for(Duration::from_secs(30), "a leader", || async {
+        leader_of(&[&a, &b]).await
+    })
+    .await;
+    // The LoadBalancer has no IP yet: reported on the pod, not written.
+    let pending = wait_event(
+        &client,
+        "memgraph-data-1-0",
+        "RoutingAddressPending",
+        "no status.loadBalancer.ingress",
+    )
+    .await;
+    assert!(pending.contains("instance_1"), "{pending}");
+    assert!(registered().await["instance_1"].contains(".svc.cluster.local"));
+    let updated = wait_event(
+        &client,
+        "memgraph-coordinator-2-0",
+        "RoutingAddressUpdated",
+        "→ 203.0.113.10:",
+    )
+    .await;
+    assert!(
+        updated.contains("memgraph-coordinator-2.rc.svc.cluster.local:7687"),
+        "{updated}"
+    );
+
+    // 1. The LoadBalancer gets its IP after the pods started.
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let changed = Instant::now();
+    services
+        .patch_status(
+            "memgraph-data-1-external",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.50"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    until("instance_1 on the LoadBalancer IP", |now| {
+        now["instance_1"] == "198.51.100.50:7687"
+    })
+    .await;
+    eprintln!(
+        "late LoadBalancer IP corrected in {:.1?}",
+        changed.elapsed()
+    );
+
+    // 2. The node in use is deleted: every NodePort entry moves to a usable node, together.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let changed = Instant::now();
+    nodes
+        .delete("node-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    until("NodePort entries on node-b", |now| {
+        external_nodeports(now, "203.0.113.11", &ports)
+    })
+    .await;
+    eprintln!("deleted Node corrected in {:.1?}", changed.elapsed());
+    // 3. ... then that one turns NotReady.
+    let changed = Instant::now();
+    set_node_ready(&client, "node-b", false).await;
+    until("NodePort entries on node-c", |now| {
+        external_nodeports(now, "203.0.113.12", &ports)
+    })
+    .await;
+    eprintln!("NotReady Node corrected in {:.1?}", changed.elapsed());
+    // node-b Ready again: node-c stays in use (no needless move).
+    set_node_ready(&client, "node-b", true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(external_nodeports(
+        &registered().await,
+        "203.0.113.12",
+        &ports
+    ));
+
+    // 4. Failover: another data instance becomes MAIN; the coordinator leader changes too.
+    //    The WRITE entry is the new MAIN's registration, already external; the next change
+    //    is written to the new leader (3.8 does not forward UPDATE CONFIG).
+    c.server.command("main instance_1");
+    c.server.command("leader coordinator_2");
+    let changed = Instant::now();
+    services
+        .patch_status(
+            "memgraph-data-1-external",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.51"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    until(
+        "instance_1 (now MAIN) on the new IP, through the new leader",
+        |now| now["instance_1"] == "198.51.100.51:7687",
+    )
+    .await;
+    eprintln!(
+        "change after failover corrected in {:.1?}",
+        changed.elapsed()
+    );
+
+    // 5. Scale-out: a new data instance, registered with its in-cluster name.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let internal_svc: Service = from(
+        json!({"metadata": {"name": "memgraph-data-2"}, "spec": {"clusterIP": "None",
+        "selector": {"app": "memgraph-data-2"}, "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
+    );
+    services
+        .create(&PostParams::default(), &internal_svc)
+        .await
+        .unwrap();
+    services
+        .create(
+            &PostParams::default(),
+            &external_service("memgraph-data-2", "NodePort", &[7687]),
+        )
+        .await
+        .unwrap();
+    sets.create(
+        &PostParams::default(),
+        &chart_statefulset(
+            "memgraph-data-2",
+            "data",
+            "memgraph/memgraph:3.8.0",
+            &data_args(),
+        ),
+    )
+    .await
+    .unwrap();
+    let internal = |port: u16| format!("memgraph-data-2.{NS}.svc.cluster.local:{port}");
+    c.server.command(&format!(
+        "add {}",
+        json!({"name": "instance_2", "listen": "127.0.10.22:7687", "bolt_server": internal(7687),
+               "management_server": internal(10000), "role": "replica"})
+    ));
+    let changed = Instant::now();
+    pod_running(&client, "memgraph-data-2-0", "127.0.10.22").await;
+    let port = node_port(&client, "memgraph-data-2-external").await;
+    // Any usable node's address with its nodePort (node-b and node-c are both Ready).
+    until("the new instance external", |now| {
+        ["203.0.113.11", "203.0.113.12"]
+            .iter()
+            .any(|host| now.get("instance_2") == Some(&format!("{host}:{port}")))
+    })
+    .await;
+    eprintln!("scale-out corrected in {:.1?}", changed.elapsed());
+
+    // 6. A Service annotation that is not a host: refused with an Event, nothing written.
+    let writes = c.server.updates().len();
+    let bad = json!({"metadata": {"annotations": {"memgraph-address-injector/external-host": "db.example.com:7687"}}});
+    services
+        .patch(
+            "memgraph-data-0-external",
+            &PatchParams::default(),
+            &Patch::Merge(&bad),
+        )
+        .await
+        .unwrap();
+    let refused = wait_event(
+        &client,
+        "memgraph-data-0-0",
+        "RoutingAddressRefused",
+        "carries a port",
+    )
+    .await;
+    assert!(
+        refused.contains("memgraph-address-injector/external-host"),
+        "{refused}"
+    );
+    assert_eq!(c.server.updates().len(), writes, "nothing written");
+    assert_eq!(
+        registered().await["instance_0"],
+        format!("203.0.113.12:{}", ports["instance_0"])
+    );
+    let fix =
+        json!({"metadata": {"annotations": {"memgraph-address-injector/external-host": null}}});
+    services
+        .patch(
+            "memgraph-data-0-external",
+            &PatchParams::default(),
+            &Patch::Merge(&fix),
+        )
+        .await
+        .unwrap();
+
+    // 7. A wrong password: an Event and a metric; the webhook stays ready.
+    std::fs::write(&c.password_file, "wrong\n").unwrap();
+    set_node_ready(&client, "node-c", false).await;
+    let failed = wait_event(
+        &client,
+        "memgraph-coordinator-1-0",
+        "RoutingUpdateFailed",
+        "refused the credentials",
+    )
+    .await;
+    assert!(failed.contains("pod IP"), "{failed}");
+    let replicas = [&a, &b];
+    let auth = replicas[leader]
+        .metric(
+            r#"memgraph_address_injector_routing_reconciles_total{namespace="rc",result="auth"}"#,
+        )
+        .await;
+    assert!(auth.is_some_and(|n| n >= 1.0), "{auth:?}");
+    assert_eq!(
+        http_status(replicas[leader].health_port, "/readyz"),
+        Some(200)
+    );
+    std::fs::write(&c.password_file, format!("{PASSWORD}\n")).unwrap();
+    until(
+        "entries back on node-b after the password is fixed",
+        |now| external_nodeports(now, "203.0.113.11", &ports),
+    )
+    .await;
+
+    // 8. The leader dies: the other replica takes over; nothing was written twice.
+    let mut replicas = [a, b];
+    replicas[leader].process.child.kill().unwrap();
+    let _ = replicas[leader].process.child.wait();
+    let other = 1 - leader;
+    let took_over = Instant::now();
+    wait_for(
+        Duration::from_secs(40),
+        "the other replica to take the Lease",
+        || async {
+            (replicas[other]
+                .metric("memgraph_address_injector_routing_leader")
+                .await
+                == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    eprintln!("the other replica took over in {:.1?}", took_over.elapsed());
+    set_node_ready(&client, "node-c", true).await;
+    set_node_ready(&client, "node-b", false).await;
+    until("entries on node-c, written by the new leader", |now| {
+        external_nodeports(now, "203.0.113.12", &ports)
+    })
+    .await;
+    let updates = c.server.updates();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for u in &updates {
+        // The same statement twice in a row for one instance would be a double write.
+        let target = u.split('{').next().unwrap().to_string();
+        assert_ne!(
+            last.get(&target),
+            Some(u),
+            "written twice: {u}\nall: {updates:#?}"
+        );
+        last.insert(target, u.clone());
+        seen.insert(u.clone());
+    }
+    eprintln!("{} UPDATE CONFIG statements, none repeated", updates.len());
+    // The metrics of the new leader say what happened.
+    // (The pass records its metrics after its read-back, a moment after the table changed.)
+    let series =
+        r#"memgraph_address_injector_routing_registrations{namespace="rc",state="external"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replicas[other].metric(series).await != Some(6.0) {
+        assert!(
+            Instant::now() < deadline,
+            "6 external registrations in the new leader's metrics; its log:\n{}",
+            replicas[other].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let corrected = replicas[other]
+        .metric("memgraph_address_injector_routing_correction_duration_seconds_count")
+        .await;
+    assert!(corrected.is_some_and(|n| n >= 1.0), "{corrected:?}");
+}
