@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// Plain-HTTP listen address for /livez, /readyz and /metrics.
     #[arg(long, env = "MAI_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
     pub health_listen: SocketAddr,
+    /// This replica's name (the Deployment sets it from the downward API): it names the
+    /// replica on Events and holds the routing reconciler's Lease. Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Serving certificate (PEM).
     #[arg(
         long,
@@ -228,6 +232,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.decision.config()?;
+    let identity = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("memgraph-address-injector-{}", std::process::id()));
     let mut reporter = crate::report::Reporter::log_only();
     let mut reconcile_client = None;
     let cluster = match &args.cluster_state {
@@ -244,7 +253,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let client = kube::Client::try_default().await.context(
                 "cannot reach the Kubernetes API server (in-cluster config or KUBECONFIG)",
             )?;
-            reporter = crate::report::Reporter::with_events(client.clone());
+            reporter = crate::report::Reporter::with_events(client.clone(), &identity);
             reconcile_client = Some(client.clone());
             SharedCluster::watched(client)
         }
@@ -269,6 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::reconcile::start(
             client,
             &args.reconcile,
+            &identity,
             (*app.config).clone(),
             app.metrics.clone(),
             app.reporter.clone(),

@@ -141,11 +141,9 @@ impl Reporter {
     }
 
     /// Logs, and creates Events through `client` (RBAC: `events: create`).
-    pub fn with_events(client: kube::Client) -> Self {
+    pub fn with_events(client: kube::Client, instance: &str) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(QUEUE);
-        let instance = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| COMPONENT.to_string());
+        let instance = instance.to_string();
         tokio::spawn(async move {
             while let Some(notice) = rx.recv().await {
                 let api: Api<Event> = Api::namespaced(client.clone(), &notice.namespace);

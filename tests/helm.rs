@@ -77,6 +77,16 @@ fn renderings() -> Vec<(&'static str, Vec<&'static str>)> {
                 "webhook.timeoutSeconds=10",
                 "--set",
                 "webhook.excludeNamespaces={kube-system,monitoring}",
+                "--set",
+                "config.nodeSelector=node-role.example.com/edge",
+                "--set",
+                "routing.reconcile.enabled=true",
+                "--set",
+                "routing.reconcile.credentialsSecret=memgraph-bolt",
+                "--set",
+                "routing.reconcile.boltTls=verify",
+                "--set",
+                "routing.reconcile.caSecret=memgraph-bolt-ca",
             ],
         ),
         (
@@ -386,6 +396,27 @@ fn value_combinations_render_what_they_say() {
 
     // Every decision value reaches its MAI_* variable; the webhook settings its config.
     let values = render(4);
+    // The routing reconciler adds exactly: pods get/list/watch, and a Lease in its namespace.
+    assert_eq!(
+        find(
+            &values,
+            "ClusterRole",
+            Some("mai-memgraph-address-injector-routing")
+        )["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+    );
+    let lease = find(
+        &values,
+        "Role",
+        Some("mai-memgraph-address-injector-routing-lease"),
+    );
+    assert_eq!(lease["metadata"]["namespace"], "mai-system");
+    assert_eq!(lease["rules"][0]["resources"], json!(["leases"]));
+    assert_eq!(
+        count(&render(0), "Role"),
+        0,
+        "no reconciler RBAC unless enabled"
+    );
     let deployment = find(&values, "Deployment", None);
     // Each variable the chart sets is one the binary reads (clap ignores unknown ones).
     let help = std::process::Command::new(support::BIN)

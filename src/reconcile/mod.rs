@@ -112,6 +112,7 @@ pub enum ReconcileError {
 pub async fn start(
     client: kube::Client,
     args: &ReconcileArgs,
+    identity: &str,
     decision: Config,
     metrics: Arc<Metrics>,
     reporter: Reporter,
@@ -135,14 +136,11 @@ pub async fn start(
         replication_port: args.reconcile_replication_port,
     });
 
-    let identity = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("memgraph-address-injector-{}", std::process::id()));
     let lease_seconds = args.reconcile_lease_seconds.max(3);
     let manager =
         kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.reconcile_lease)
             .with_namespace(&args.reconcile_lease_namespace)
-            .with_identity(&identity)
+            .with_identity(identity)
             .with_duration(lease_seconds)
             .with_grace((lease_seconds / 3).max(1))
             .build()

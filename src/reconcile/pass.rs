@@ -72,11 +72,12 @@ impl Outcome {
 enum PassError {
     #[error("cannot read the Bolt password file {path}: {cause}")]
     PasswordFile { path: String, cause: std::io::Error },
-    #[error("--reconcile-bolt-password-file needs --reconcile-bolt-user")]
-    PasswordWithoutUser,
 }
 
 fn credentials(settings: &Settings) -> Result<Option<Credentials>, PassError> {
+    if settings.user.is_none() {
+        return Ok(None);
+    }
     let password = match &settings.password_file {
         None => String::new(),
         Some(path) => std::fs::read_to_string(path)
@@ -92,7 +93,7 @@ fn credentials(settings: &Settings) -> Result<Option<Credentials>, PassError> {
             user: user.clone(),
             password,
         })),
-        None if settings.password_file.is_some() => Err(PassError::PasswordWithoutUser),
+        // No user: Memgraph without authentication (an optional Secret that is absent).
         None => Ok(None),
     }
 }
