@@ -685,6 +685,29 @@ async fn changes_are_corrected() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // 9. Every coordinator unreachable: an Event and a metric, retried with backoff.
+    for name in ["coordinator_1", "coordinator_2", "coordinator_3"] {
+        c.server.command(&format!("down {name}"));
+    }
+    set_node_ready(&client, "node-b", true).await;
+    let down = wait_event(
+        &client,
+        "memgraph-coordinator-1-0",
+        "RoutingUpdateFailed",
+        "cannot reach any coordinator",
+    )
+    .await;
+    assert!(down.contains("127.0.10.11:7687"), "{down}");
+    let series = r#"memgraph_address_injector_routing_reconciles_total{namespace="rc",result="unreachable"}"#;
+    wait_for(Duration::from_secs(20), "the unreachable count", || async {
+        (replicas[other].metric(series).await.unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        http_status(replicas[other].health_port, "/readyz"),
+        Some(200)
+    );
+
     // The pass records after its read-back: poll, since the table changes a moment earlier.
     let deadline = Instant::now() + Duration::from_secs(20);
     let count = "memgraph_address_injector_routing_correction_duration_seconds_count";
