@@ -11,15 +11,18 @@
 # the runtime is distroless/cc (glibc, libgcc, CA certificates), not distroless/static.
 # TLS is rustls + ring: no OpenSSL needed.
 #
-#   docker build -t memgraph-address-injector:0.2.0 .
+#   docker build --build-arg MAI_GIT_COMMIT=$(git rev-parse --short HEAD) \
+#     -t memgraph-address-injector:0.2.0 .
 
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 # Cargo.toml declares the bench target, so benches/ must exist for the manifest to parse;
-# crates/ holds the workspace members the binary depends on.
-COPY Cargo.toml Cargo.lock ./
+# crates/ holds the workspace members the binary depends on; build.rs stamps the commit into
+# --version and build_info; the context has no .git, so the commit comes as a build argument.
+ARG MAI_GIT_COMMIT=""
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches ./benches
 COPY crates ./crates
 COPY src ./src
