@@ -81,3 +81,293 @@ async fn a_pod_runs_on_a_real_node_and_teardown_restores_the_host() {
     );
     assert!(left.is_empty(), "the host is not restored: {left:#?}");
 }
+
+const RELEASE: &str = "memgraph-address-injector";
+const NS: &str = "memgraph-address-injector";
+
+/// The webhook's image archive from scripts/build-image (it skips the build when nothing
+/// changed) and its tag.
+fn webhook_image() -> (std::path::PathBuf, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // MAI_SKIP_IMAGE_BUILD=1: use the archive as it is (re-running a test while the sources
+    // change under you; the release build takes minutes on 2 cores).
+    if std::env::var_os("MAI_SKIP_IMAGE_BUILD").is_none_or(|v| v != "1") {
+        let status = std::process::Command::new("bash")
+            .arg(root.join("scripts/build-image"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/build-image");
+        assert!(status.success(), "scripts/build-image failed");
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let archive = target
+        .join("image")
+        .join(format!("memgraph-address-injector-{version}.docker.tar"));
+    assert!(archive.exists(), "{} is missing", archive.display());
+    (archive, version.to_string())
+}
+
+async fn webhook_pods(client: &kube::Client) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let params =
+        kube::api::ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
+    pods.list(&params).await.expect("webhook pods").items
+}
+
+fn injected(pod: &serde_json::Value) -> Option<String> {
+    pod.pointer("/metadata/annotations")?
+        .get(support::chart::ADDRESS)?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The chart installed by helm with the project's image: two replicas Ready under the
+/// `restricted` Pod Security Standard, called by the API server through its Service
+/// (ClusterIP, kube-proxy nftables) with the chart's generated certificate; a Memgraph pod
+/// gets the node's address and NodePort; one replica deleted under admission load: no
+/// admission fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_on_a_real_node() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use support::chart::{create_pod_raw, external_service, memgraph_pod, namespace};
+
+    let (archive, tag) = webhook_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let plane = ControlPlane::start_with(dir.path(), &control_plane_options());
+    let mut node = Node::start(&plane, dir.path());
+    node.import_image(&archive);
+    let up_in = started.elapsed();
+    let client = plane.client().await;
+
+    // The release namespace enforces the `restricted` Pod Security Standard.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": NS, "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest"
+            }}})),
+        )
+        .await
+        .expect("release namespace");
+    // Enforced, not just labelled: a root pod is refused there.
+    let (status, _, body) = create_pod_raw(
+        &client,
+        NS,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"},
+                "spec": {"containers": [{"name": "c", "image": PAUSE_IMAGE}]}}),
+        true,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("restricted"), "{body}");
+
+    // 1. helm install, waiting for both replicas.
+    let install_start = Instant::now();
+    let helm = support::helm::Helm::new(Some(&plane.kubeconfig));
+    let chart = support::helm::chart_dir().display().to_string();
+    let tag_value = format!("image.tag={tag}");
+    let helm_out = tokio::task::block_in_place(|| {
+        helm.run(&[
+            "install",
+            RELEASE,
+            &chart,
+            "-n",
+            NS,
+            "--set",
+            &tag_value,
+            "--set",
+            "image.pullPolicy=Never",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+    });
+    if !helm_out.status.success() {
+        let pods = webhook_pods(&client).await;
+        panic!(
+            "helm install failed: {}\npods: {:#?}\n--- kubelet:\n{}",
+            String::from_utf8_lossy(&helm_out.stderr),
+            pods.iter().map(|p| &p.status).collect::<Vec<_>>(),
+            node.log("kubelet")
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let install_in = install_start.elapsed();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let deployment = deployments.get(RELEASE).await.expect("the Deployment");
+    let ready = deployment.status.and_then(|s| s.ready_replicas);
+    assert_eq!(ready, Some(2), "both replicas Ready");
+    let pods = webhook_pods(&client).await;
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        assert!(is_ready(pod));
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some(NODE_NAME));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(format!("memgraph-address-injector:{tag}").as_str())
+        );
+    }
+
+    // The API server calls the webhook through its Service, trusting the chart's CA.
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = configs.get(RELEASE).await.expect("webhook configuration");
+    let client_config = &config.webhooks.as_ref().expect("webhooks")[0].client_config;
+    assert_eq!(client_config.url, None);
+    let service_ref = client_config.service.as_ref().expect("a Service reference");
+    assert_eq!(
+        (service_ref.name.as_str(), service_ref.namespace.as_str()),
+        (RELEASE, NS)
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let secret = secrets
+        .get(&format!("{RELEASE}-tls"))
+        .await
+        .expect("the generated Secret");
+    let ca = secret.data.expect("Secret data")["ca.crt"].0.clone();
+    assert_eq!(
+        client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+        Some(ca)
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let cluster_ip = services
+        .get(RELEASE)
+        .await
+        .expect("the webhook Service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    assert!(cluster_ip.starts_with("10.96."), "{cluster_ip}");
+
+    // 2. A Memgraph pod gets the node's address and its Service's NodePort.
+    let ns = "memgraph";
+    namespace(&client, ns).await;
+    let memgraph_services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let svc = memgraph_services
+        .create(
+            &PostParams::default(),
+            &external_service("memgraph-data-0", "NodePort", &[7687]),
+        )
+        .await
+        .expect("the NodePort Service");
+    let node_port = svc.spec.and_then(|s| s.ports).expect("ports")[0]
+        .node_port
+        .expect("a NodePort");
+    let want = format!("{NODE_IP}:{node_port}");
+    let admitted_start = Instant::now();
+    let admitted = wait_for(Duration::from_secs(60), "a mutated Memgraph pod", || {
+        let client = client.clone();
+        async move {
+            let (status, _, pod) = create_pod_raw(
+                &client,
+                ns,
+                &memgraph_pod("memgraph-data-0-0", json!({})),
+                true,
+            )
+            .await;
+            (status == 201).then(|| injected(&pod)).flatten()
+        }
+    })
+    .await;
+    assert_eq!(admitted, want);
+    let first_admission_in = admitted_start.elapsed();
+
+    // 3. One replica deleted under admission load: the other serves, nothing fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (client, stop, ok, failures, want) = (
+            client.clone(),
+            stop.clone(),
+            ok.clone(),
+            failures.clone(),
+            want.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let name = format!("memgraph-data-0-{worker}-{i}");
+                let (status, _, pod) =
+                    create_pod_raw(&client, ns, &memgraph_pod(&name, json!({})), true).await;
+                match injected(&pod) {
+                    Some(address) if status == 201 && address == want => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => failures
+                        .lock()
+                        .expect("failures")
+                        .push(format!("{status}: {pod}")),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_delete = ok.load(Ordering::Relaxed);
+    let victim = pods[0].metadata.name.clone().expect("pod name");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pod_api
+        .delete(&victim, &Default::default())
+        .await
+        .expect("delete a webhook pod");
+    let delete_start = Instant::now();
+    // Until the deleted pod is gone and a replacement is Ready.
+    wait_for(Duration::from_secs(90), "the replacement replica", || {
+        let client = client.clone();
+        let victim = victim.clone();
+        async move {
+            let pods = webhook_pods(&client).await;
+            (pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| is_ready(p) && p.metadata.name.as_deref() != Some(victim.as_str())))
+            .then_some(())
+        }
+    })
+    .await;
+    let replaced_in = delete_start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("load worker");
+    }
+    let admitted = ok.load(Ordering::Relaxed);
+    let failed = failures.lock().expect("failures").clone();
+    println!(
+        "chart on a real node: control plane + node up {up_in:.1?}, helm install --wait \
+         (2 replicas Ready) {install_in:.1?}, first Memgraph pod admitted {first_admission_in:.1?} \
+         later with {want}; one replica deleted under load: replaced in {replaced_in:.1?}, \
+         {admitted} admissions ({before_delete} before the delete), {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} admissions failed while a replica was deleted; first: {:?}",
+        failed.len(),
+        admitted + failed.len(),
+        failed.first()
+    );
+    assert!(
+        admitted > before_delete,
+        "admissions continued after the delete"
+    );
+
+    let left = node.teardown();
+    assert!(left.is_empty(), "the host is not restored: {left:#?}");
+}

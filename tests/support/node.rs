@@ -207,6 +207,8 @@ pub struct Node {
     processes: Vec<ChildGuard>,
     api: Api,
     socket: PathBuf,
+    /// Ports seen on the bridge (checked after teardown).
+    ports: BTreeSet<String>,
     torn_down: bool,
     _lock: std::fs::File,
     pub started_in: Duration,
@@ -375,6 +377,7 @@ impl Node {
                 token: plane.token.clone(),
             },
             socket: dir.join("containerd/containerd.sock"),
+            ports: BTreeSet::new(),
             torn_down: false,
             _lock: lock,
             started_in: Duration::ZERO,
@@ -733,12 +736,13 @@ conntrack:
         self.kill_leftover_processes();
         self.unmount();
         self.remove_cgroups();
-        for table in nft_tables().difference(&self.before.nft_tables) {
+        for table in self.new_nft_tables() {
             let mut args = vec!["delete", "table"];
             args.extend(table.split(' '));
             let _ = run("nft", &args);
         }
         if !self.before.links.contains(BRIDGE) {
+            self.ports.extend(bridge_ports());
             let _ = run("ip", &["link", "del", BRIDGE]);
         }
         for (key, value) in &self.before.sysctls {
@@ -758,7 +762,8 @@ conntrack:
 
     /// Pods stopped through kubelet (CNI DEL, volumes unmounted): cordon, delete every pod
     /// bound to the node at once, and wait until containerd runs no task.
-    fn drain(&self) {
+    fn drain(&mut self) {
+        self.ports.extend(bridge_ports());
         if !self.processes.iter().any(|p| p.name == "kubelet") {
             return;
         }
@@ -889,6 +894,23 @@ conntrack:
         }
     }
 
+    /// New nftables tables of this node: kube-proxy's, the guard, and any with Kubernetes
+    /// chains (iptables-nft). Other agents' tables on a shared machine are not ours to judge.
+    fn new_nft_tables(&self) -> Vec<String> {
+        nft_tables()
+            .difference(&self.before.nft_tables)
+            .filter(|table| {
+                let name = table.rsplit(' ').next().unwrap_or_default();
+                name == "kube-proxy" || name == GUARD_TABLE || {
+                    let mut args = vec!["list", "table"];
+                    args.extend(table.split(' '));
+                    output("nft", &args).contains("KUBE-")
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
     /// What differs from the host before the start, one line each.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
@@ -903,11 +925,17 @@ conntrack:
                 left.push(format!("cgroup {}", root.display()));
             }
         }
-        for table in nft_tables().difference(&self.before.nft_tables) {
+        for table in self.new_nft_tables() {
             left.push(format!("nftables table {table}"));
         }
-        for link in links().difference(&self.before.links) {
-            left.push(format!("network link {link}"));
+        let now = links();
+        for link in self.ports.iter().chain(bridge_ports().iter()) {
+            if now.contains(link) && !self.before.links.contains(link) {
+                left.push(format!("network link {link}"));
+            }
+        }
+        if now.contains(BRIDGE) && !self.before.links.contains(BRIDGE) {
+            left.push(format!("network link {BRIDGE}"));
         }
         for (key, value) in &self.before.sysctls {
             let now = read_sysctl(key);
@@ -933,6 +961,15 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// The node bridge's ports (the pods' host-side veths).
+fn bridge_ports() -> BTreeSet<String> {
+    output("ip", &["-o", "link", "show", "master", BRIDGE])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
