@@ -368,6 +368,148 @@ async fn the_chart_runs_on_a_real_node() {
         "admissions continued after the delete"
     );
 
+    // 4. A Bolt server playing Memgraph (tests/bolt_server, python3 in an image) runs as the
+    // Memgraph pod behind that NodePort; the official neo4j driver on the host connects to
+    // the address the webhook injected.
+    let bolt_start = Instant::now();
+    node.import_image(&bolt_test_image());
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), ns);
+    let cluster = json!({"instances": [{
+        "name": "instance_0",
+        "listen": "0.0.0.0:7687",
+        "bolt_server": "@listen",
+        "management_server": "memgraph-data-0.memgraph.svc.cluster.local:10000",
+        "role": "main"
+    }]});
+    config_maps
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "bolt-test"},
+                         "data": {"cluster.json": cluster.to_string()}})),
+        )
+        .await
+        .expect("the Bolt server's ConfigMap");
+    let memgraph_pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = from(json!({
+        "metadata": {"name": "memgraph-data-0-0",
+                     "labels": {"app": "memgraph-data-0", "role": "data"}},
+        "spec": {
+            "containers": [{
+                "name": "memgraph-data",
+                "image": BOLT_TEST_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/usr/bin/python3", "/srv/memgraph_coordinator.py", "/config/cluster.json"],
+                // The server reads commands on stdin and stops at its end: keep it open.
+                "stdin": true,
+                "ports": [{"containerPort": 7687}],
+                "volumeMounts": [{"name": "config", "mountPath": "/config"}]
+            }],
+            "volumes": [{"name": "config", "configMap": {"name": "bolt-test"}}],
+            "terminationGracePeriodSeconds": 1
+        }
+    }));
+    let created = memgraph_pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("the Memgraph-playing pod");
+    let env_name = "MEMGRAPH_EXTERNAL_BOLT_ADDRESS";
+    let address = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == env_name))
+        .and_then(|e| e.value.clone())
+        .expect("the injected address");
+    assert_eq!(address, want);
+    wait_for(Duration::from_secs(60), "the Bolt server pod Ready", || {
+        let pods = memgraph_pods.clone();
+        async move { pods.get("memgraph-data-0-0").await.ok().filter(is_ready) }
+    })
+    .await;
+    let python = std::env::var_os("MAI_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    let probe =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bolt_server/driver_probe.py");
+    let uri = format!("bolt://{address}");
+    let mut last = String::new();
+    let mut reply = None;
+    for _ in 0..30 {
+        let out = tokio::task::block_in_place(|| driver_run(&python, &probe, &uri));
+        match out
+            .lines()
+            .nth(1)
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            Some(r) if r["ok"] == true => {
+                reply = Some(r);
+                break;
+            }
+            _ => last = out,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reply =
+        reply.unwrap_or_else(|| panic!("the neo4j driver did not get through {uri}: {last}"));
+    assert_eq!(reply["value"], 1, "{reply}");
+    assert_eq!(reply["server"], address.as_str(), "{reply}");
+    println!(
+        "neo4j driver on the host -> {address} (injected) -> the Bolt server pod: {reply} \
+         ({:.1?} with the image import)",
+        bolt_start.elapsed()
+    );
+
     let left = node.teardown();
     assert!(left.is_empty(), "the host is not restored: {left:#?}");
+}
+
+const BOLT_TEST_IMAGE: &str = "localhost/memgraph-bolt-test:3.8.0";
+
+/// scripts/build-bolt-test-image: the host's python3 and tests/bolt_server in an image.
+fn bolt_test_image() -> std::path::PathBuf {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-bolt-test-image");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run scripts/build-bolt-test-image");
+    assert!(out.status.success(), "scripts/build-bolt-test-image failed");
+    std::path::PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("path")
+            .trim(),
+    )
+}
+
+/// One `write` through tests/bolt_server/driver_probe.py (the official neo4j driver); its
+/// stdout (a version line, then the reply line) and stderr.
+fn driver_run(python: &std::path::Path, probe: &std::path::Path, uri: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .arg(probe)
+        .arg(uri)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "run the neo4j driver probe (python with the neo4j package: MAI_TEST_PYTHON or .venv)",
+        );
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"write\nquit\n");
+    let out = child.wait_with_output().expect("driver probe");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
