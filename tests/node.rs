@@ -74,9 +74,9 @@ async fn a_pod_runs_on_a_real_node_and_teardown_restores_the_host() {
     let left = node.teardown();
     let teardown_in = teardown_start.elapsed();
     println!(
-        "node timings: control plane ready {plane_in:.1?}, node Ready {node_in:.1?} \
-         (node alone {:.1?}), pause pod Ready {pod_in:.1?} after create, \
-         teardown {teardown_in:.1?}",
+        "node timings: control plane ready {plane_in:.1?}; node start {:.1?} (Ready {node_in:.1?} \
+         after the test began, including any wait for the node lock held by another node \
+         test); pause pod Ready {pod_in:.1?} after create; teardown {teardown_in:.1?}",
         node.started_in
     );
     assert!(left.is_empty(), "the host is not restored: {left:#?}");
@@ -462,7 +462,13 @@ async fn the_chart_runs_on_a_real_node() {
         bolt_start.elapsed()
     );
 
+    let teardown_start = Instant::now();
     let left = node.teardown();
+    println!(
+        "chart on a real node: teardown {:.1?}, whole test {:.1?}",
+        teardown_start.elapsed(),
+        started.elapsed()
+    );
     assert!(left.is_empty(), "the host is not restored: {left:#?}");
 }
 
