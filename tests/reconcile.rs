@@ -258,6 +258,77 @@ async fn wait_event(client: &Client, pod: &str, reason: &str, needle: &str) -> S
     .await
 }
 
+/// The official neo4j driver (PyPI `neo4j`) as the client outside the cluster, through
+/// tests/bolt_server/driver_probe.py: one driver, so its routing table and its refresh after
+/// the ttl behave as in an application.
+struct Driver {
+    _guard: ChildGuard,
+    stdin: std::process::ChildStdin,
+    replies: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("MAI_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    let works = std::process::Command::new(&python)
+        .args(["-c", "import neo4j"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "{} cannot import the neo4j driver; run ./scripts/test (it creates .venv) or set MAI_TEST_PYTHON",
+        python.display()
+    );
+    python
+}
+
+impl Driver {
+    fn start(seed: &str) -> Self {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/bolt_server/driver_probe.py");
+        let mut child = std::process::Command::new(python())
+            .arg(script)
+            .arg(format!("neo4j://{seed}"))
+            .args(["--user", USER, "--password", PASSWORD])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the neo4j driver probe");
+        let stdin = child.stdin.take().unwrap();
+        let mut replies = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let hello = replies.next().unwrap().unwrap();
+        assert!(hello.contains("driver"), "{hello}");
+        Self {
+            _guard: ChildGuard {
+                child,
+                name: "neo4j-driver".into(),
+            },
+            stdin,
+            replies,
+        }
+    }
+
+    /// Runs `write` or `read`; returns the server that answered. Fails the test on an error.
+    fn run(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let reply: Value = serde_json::from_str(&self.replies.next().unwrap().unwrap()).unwrap();
+        assert_eq!(reply["ok"], true, "the driver's {command}: {reply}");
+        reply["server"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// After the ttl, so that the driver refreshes its routing table first.
+    async fn after_ttl(&mut self) -> (String, String) {
+        tokio::time::sleep(TTL + Duration::from_millis(700)).await;
+        (self.run("write"), self.run("read"))
+    }
+}
+
 struct Cluster {
     _dir: tempfile::TempDir,
     plane: ControlPlane,
@@ -277,19 +348,19 @@ async fn cluster() -> Cluster {
     node(
         &client,
         "node-a",
-        &[("InternalIP", "10.0.0.10"), ("ExternalIP", "203.0.113.10")],
+        &[("InternalIP", "10.0.0.10"), ("ExternalIP", "127.0.11.1")],
     )
     .await;
     node(
         &client,
         "node-b",
-        &[("InternalIP", "10.0.0.11"), ("ExternalIP", "203.0.113.11")],
+        &[("InternalIP", "10.0.0.11"), ("ExternalIP", "127.0.11.2")],
     )
     .await;
     node(
         &client,
         "node-c",
-        &[("InternalIP", "10.0.0.12"), ("ExternalIP", "203.0.113.12")],
+        &[("InternalIP", "10.0.0.12"), ("ExternalIP", "127.0.11.3")],
     )
     .await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
@@ -400,6 +471,16 @@ async fn changes_are_corrected() {
             node_port(&client, &format!("{sts}-external")).await,
         );
     }
+    // Every node forwards its NodePorts (externalTrafficPolicy: Cluster), and the
+    // LoadBalancer IPs answer: the test server also serves each instance there.
+    for (name, port) in &ports {
+        for ip in ["127.0.11.1", "127.0.11.2", "127.0.11.3"] {
+            c.server.command(&format!("alias {name} {ip}:{port}"));
+        }
+    }
+    for ip in ["127.0.12.50", "127.0.12.51"] {
+        c.server.command(&format!("alias instance_1 {ip}:7687"));
+    }
     let before = registered().await;
     assert!(
         before.values().all(|b| b.contains(".svc.cluster.local")),
@@ -410,7 +491,7 @@ async fn changes_are_corrected() {
     let a = start_reconciler(&c, "replica-a", true);
     let b = start_reconciler(&c, "replica-b", true);
     let took = until("every NodePort entry on node-a", |now| {
-        external_nodeports(now, "203.0.113.10", &ports)
+        external_nodeports(now, "127.0.11.1", &ports)
     })
     .await;
     eprintln!("initial registrations corrected in {took:.1?}");
@@ -432,7 +513,7 @@ async fn changes_are_corrected() {
         &client,
         "memgraph-coordinator-2-0",
         "RoutingAddressUpdated",
-        "→ 203.0.113.10:",
+        "→ 127.0.11.1:",
     )
     .await;
     assert!(
@@ -448,19 +529,24 @@ async fn changes_are_corrected() {
             "memgraph-data-1-external",
             &PatchParams::default(),
             &Patch::Merge(
-                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.50"}]}}}),
+                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.0.12.50"}]}}}),
             ),
         )
         .await
         .unwrap();
     until("instance_1 on the LoadBalancer IP", |now| {
-        now["instance_1"] == "198.51.100.50:7687"
+        now["instance_1"] == "127.0.12.50:7687"
     })
     .await;
     eprintln!(
         "late LoadBalancer IP corrected in {:.1?}",
         changed.elapsed()
     );
+    // Now every entry is external: the official driver, outside the cluster, uses the table.
+    let mut driver = Driver::start(&format!("127.0.11.1:{}", ports["coordinator_1"]));
+    let (write, read) = driver.after_ttl().await;
+    assert_eq!(write, format!("127.0.11.1:{}", ports["instance_0"]));
+    assert!(read.starts_with("127.0.1"), "{read}");
 
     // 2. The node in use is deleted: every NodePort entry moves to a usable node, together.
     let nodes: Api<Node> = Api::all(client.clone());
@@ -470,24 +556,32 @@ async fn changes_are_corrected() {
         .await
         .unwrap();
     until("NodePort entries on node-b", |now| {
-        external_nodeports(now, "203.0.113.11", &ports)
+        external_nodeports(now, "127.0.11.2", &ports)
     })
     .await;
     eprintln!("deleted Node corrected in {:.1?}", changed.elapsed());
+    // The driver refreshes within the ttl (its routers on node-a still answer while the
+    // machine drains), then node-a's machine goes away: the driver goes on with node-b.
+    driver.after_ttl().await;
+    c.server.command("unalias 127.0.11.1");
+    let (write, _) = driver.after_ttl().await;
+    assert_eq!(write, format!("127.0.11.2:{}", ports["instance_0"]));
     // 3. ... then that one turns NotReady.
     let changed = Instant::now();
     set_node_ready(&client, "node-b", false).await;
     until("NodePort entries on node-c", |now| {
-        external_nodeports(now, "203.0.113.12", &ports)
+        external_nodeports(now, "127.0.11.3", &ports)
     })
     .await;
     eprintln!("NotReady Node corrected in {:.1?}", changed.elapsed());
+    let (write, _) = driver.after_ttl().await;
+    assert_eq!(write, format!("127.0.11.3:{}", ports["instance_0"]));
     // node-b Ready again: node-c stays in use (no needless move).
     set_node_ready(&client, "node-b", true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(external_nodeports(
         &registered().await,
-        "203.0.113.12",
+        "127.0.11.3",
         &ports
     ));
 
@@ -502,20 +596,24 @@ async fn changes_are_corrected() {
             "memgraph-data-1-external",
             &PatchParams::default(),
             &Patch::Merge(
-                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.51"}]}}}),
+                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.0.12.51"}]}}}),
             ),
         )
         .await
         .unwrap();
     until(
         "instance_1 (now MAIN) on the new IP, through the new leader",
-        |now| now["instance_1"] == "198.51.100.51:7687",
+        |now| now["instance_1"] == "127.0.12.51:7687",
     )
     .await;
     eprintln!(
         "change after failover corrected in {:.1?}",
         changed.elapsed()
     );
+    // The driver keeps writing, now to the new MAIN, through its external address.
+    let (write, _) = driver.after_ttl().await;
+    assert_eq!(write, "127.0.12.51:7687");
+    drop(driver);
 
     // 5. Scale-out: a new data instance, registered with its in-cluster name.
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
@@ -556,7 +654,7 @@ async fn changes_are_corrected() {
     let port = node_port(&client, "memgraph-data-2-external").await;
     // Any usable node's address with its nodePort (node-b and node-c are both Ready).
     until("the new instance external", |now| {
-        ["203.0.113.11", "203.0.113.12"]
+        ["127.0.11.2", "127.0.11.3"]
             .iter()
             .any(|host| now.get("instance_2") == Some(&format!("{host}:{port}")))
     })
@@ -588,7 +686,7 @@ async fn changes_are_corrected() {
     assert_eq!(c.server.updates().len(), writes, "nothing written");
     assert_eq!(
         registered().await["instance_0"],
-        format!("203.0.113.12:{}", ports["instance_0"])
+        format!("127.0.11.3:{}", ports["instance_0"])
     );
     let fix =
         json!({"metadata": {"annotations": {"memgraph-address-injector/external-host": null}}});
@@ -624,7 +722,7 @@ async fn changes_are_corrected() {
     std::fs::write(&c.password_file, format!("{PASSWORD}\n")).unwrap();
     until(
         "entries back on node-b after the password is fixed",
-        |now| external_nodeports(now, "203.0.113.11", &ports),
+        |now| external_nodeports(now, "127.0.11.2", &ports),
     )
     .await;
 
@@ -654,7 +752,7 @@ async fn changes_are_corrected() {
     set_node_ready(&client, "node-c", true).await;
     set_node_ready(&client, "node-b", false).await;
     until("entries on node-c, written by the new leader", |now| {
-        external_nodeports(now, "203.0.113.12", &ports)
+        external_nodeports(now, "127.0.11.3", &ports)
     })
     .await;
     let updates = c.server.updates();
@@ -685,6 +783,18 @@ async fn changes_are_corrected() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The pass records after its read-back: poll, since the table changes a moment earlier.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = "memgraph_address_injector_routing_correction_duration_seconds_count";
+    while replicas[other].metric(count).await.unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader's correction histogram is empty; log:\n{}",
+            replicas[other].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // 9. Every coordinator unreachable: an Event and a metric, retried with backoff.
     for name in ["coordinator_1", "coordinator_2", "coordinator_3"] {
         c.server.command(&format!("down {name}"));
@@ -707,18 +817,6 @@ async fn changes_are_corrected() {
         http_status(replicas[other].health_port, "/readyz"),
         Some(200)
     );
-
-    // The pass records after its read-back: poll, since the table changes a moment earlier.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let count = "memgraph_address_injector_routing_correction_duration_seconds_count";
-    while replicas[other].metric(count).await.unwrap_or(0.0) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the new leader's correction histogram is empty; log:\n{}",
-            replicas[other].log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The figure for README (`scripts/bench` runs it): N changes of a LoadBalancer IP, each timed
@@ -736,7 +834,7 @@ async fn correction_latency() {
     let _reconciler = start_reconciler(&c, "bench", false);
     let services: Api<Service> = Api::namespaced(c.client.clone(), NS);
     until("the first pass", |now| {
-        now["coordinator_1"].starts_with("203.0.113.")
+        now["coordinator_1"].starts_with("127.0.11.")
     })
     .await;
     let mut took = Vec::with_capacity(changes);

@@ -199,6 +199,7 @@ class Cluster:
             self.instances[inst["name"]] = inst
             self.order.append(inst["name"])
         self.listeners = {}
+        self.aliases = {}
         self.connections = {name: set() for name in self.order}
 
     def is_coordinator(self, name):
@@ -262,6 +263,38 @@ class Cluster:
         with self.lock:
             self.instances[name]["health"] = "up"
         return self.listen(name)
+
+    def alias(self, name, address):
+        """Also serve instance `name` on `address` (e.g. a node IP and its NodePort)."""
+        host, port = address.rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(16)
+        with self.lock:
+            self.aliases.setdefault(host, []).append(sock)
+        threading.Thread(target=self.accept_loop, args=(name, sock), daemon=True).start()
+        return f"{host}:{sock.getsockname()[1]}"
+
+    def unalias(self, host):
+        """The machine at `host` is gone: its listeners and open connections close."""
+        with self.lock:
+            socks = self.aliases.pop(host, [])
+            conns = [c for cs in self.connections.values() for c in cs]
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for conn in conns:
+            try:
+                if conn.getsockname()[0] == host:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+            except OSError:
+                pass
+        return len(socks)
 
     def make_main(self, name):
         """Failover: `name` becomes MAIN, every other data instance a REPLICA."""
@@ -564,6 +597,9 @@ def main():
         if not words:
             continue
         try:
+            if words[0] == "unalias":
+                print(f"ok unalias {words[1]} {cluster.unalias(words[1])}", flush=True)
+                continue
             if words[0] == "add":
                 spec = json.loads(line.split(None, 1)[1])
                 print(f"ok add {spec['name']} {cluster.add(spec)}", flush=True)
@@ -576,6 +612,8 @@ def main():
                 print(f"ok down {name}", flush=True)
             elif command == "up":
                 print(f"ok up {name} {cluster.up(name)}", flush=True)
+            elif command == "alias":
+                print(f"ok alias {name} {cluster.alias(name, words[2])}", flush=True)
             elif command == "main":
                 cluster.make_main(name)
                 print(f"ok main {name}", flush=True)
