@@ -68,34 +68,9 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum PassError {
-    #[error("cannot read the Bolt password file {path}: {cause}")]
-    PasswordFile { path: String, cause: std::io::Error },
-}
-
-fn credentials(settings: &Settings) -> Result<Option<Credentials>, PassError> {
-    if settings.user.is_none() {
-        return Ok(None);
-    }
-    let password = match &settings.password_file {
-        None => String::new(),
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|cause| PassError::PasswordFile {
-                path: path.display().to_string(),
-                cause,
-            })?
-            .trim_end_matches(['\n', '\r'])
-            .to_string(),
-    };
-    match &settings.user {
-        Some(user) => Ok(Some(Credentials {
-            user: user.clone(),
-            password,
-        })),
-        // No user: Memgraph without authentication (an optional Secret that is absent).
-        None => Ok(None),
-    }
+/// The credentials for this pass (the password file is read again each time).
+fn credentials(settings: &Settings) -> Result<Option<Credentials>, RoutingError> {
+    crate::routing::credentials_from(settings.user.as_deref(), settings.password_file.as_deref())
 }
 
 /// Why a Bolt step failed, as a metric label: by the error's type, never its text.
@@ -282,7 +257,7 @@ pub async fn reconcile(
                 "Warning",
                 format!("cannot reconcile the routing table: {err}"),
             );
-            return Outcome::stop(ReconcileResult::Auth, err.to_string());
+            return Outcome::stop(classify(&err), err.to_string());
         }
     };
 

@@ -184,7 +184,23 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
 }
 
 fn credentials(args: &ConnectArgs) -> Result<Option<Credentials>, RoutingError> {
-    let password = match &args.password_file {
+    match &args.user {
+        None if args.password_file.is_some() => Err(RoutingError::PasswordWithoutUser),
+        user => credentials_from(user.as_deref(), args.password_file.as_deref()),
+    }
+}
+
+/// Bolt credentials: `user` with the password read from `password_file` (a Secret volume;
+/// one trailing newline dropped), or none without a user. Shared with the reconciler, which
+/// reads the file again on every pass so that a rotated Secret is picked up.
+pub fn credentials_from(
+    user: Option<&str>,
+    password_file: Option<&std::path::Path>,
+) -> Result<Option<Credentials>, RoutingError> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let password = match password_file {
         None => String::new(),
         Some(path) => std::fs::read_to_string(path)
             .map_err(|cause| RoutingError::PasswordFile {
@@ -194,14 +210,10 @@ fn credentials(args: &ConnectArgs) -> Result<Option<Credentials>, RoutingError> 
             .trim_end_matches(['\n', '\r'])
             .to_string(),
     };
-    match &args.user {
-        Some(user) => Ok(Some(Credentials {
-            user: user.clone(),
-            password,
-        })),
-        None if args.password_file.is_some() => Err(RoutingError::PasswordWithoutUser),
-        None => Ok(None),
-    }
+    Ok(Some(Credentials {
+        user: user.to_string(),
+        password,
+    }))
 }
 
 /// How to open Bolt connections as the flags say (--bolt, --bolt-ca, --user, ...): to the
