@@ -103,6 +103,24 @@ fn plain(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+/// While draining (after SIGTERM, before the listener closes), every HTTP/1.1 answer says
+/// `Connection: close`, so that the API server drops its kept-alive connection now instead of
+/// writing its next review into a socket that closes at the end of the delay (seen on a real
+/// node: "write: broken pipe", one failed admission while a webhook pod was deleted). HTTP/2
+/// connections get a GOAWAY from the graceful shutdown instead.
+async fn mutate_draining(State(app): State<AppState>, request: Request) -> Response {
+    let http11 = request.version() == axum::http::Version::HTTP_11;
+    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let mut response = mutate(State(app), request).await;
+    if draining && http11 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 async fn mutate(State(app): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
@@ -277,7 +295,7 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
 
 pub fn webhook_router(app: AppState) -> Router {
     Router::new()
-        .route("/mutate", post(mutate))
+        .route("/mutate", post(mutate_draining))
         // Enforced when the handler reads the body, which answers with a message that says so.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
@@ -536,5 +554,41 @@ mod tests {
             metrics.contains("memgraph_address_injector_handler_panics_total 1"),
             "{metrics}"
         );
+    }
+
+    #[tokio::test]
+    async fn while_draining_http11_answers_ask_to_close_the_connection() {
+        let app = AppState::new(
+            SharedCluster::fixed(Default::default()),
+            Config::default(),
+            Duration::from_secs(1),
+            4,
+        );
+        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"DELETE"}}"#;
+        let request = |version| {
+            axum::http::Request::post("/mutate")
+                .version(version)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(&review[..]))
+                .unwrap()
+        };
+        let before =
+            mutate_draining(State(app.clone()), request(axum::http::Version::HTTP_11)).await;
+        assert_eq!(before.status(), StatusCode::OK);
+        assert!(before.headers().get(header::CONNECTION).is_none());
+
+        app.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let during =
+            mutate_draining(State(app.clone()), request(axum::http::Version::HTTP_11)).await;
+        assert_eq!(
+            during.status(),
+            StatusCode::OK,
+            "still answered while draining"
+        );
+        assert_eq!(during.headers()[header::CONNECTION], "close");
+        // HTTP/2 has no Connection header; its connections get a GOAWAY instead.
+        let h2 = mutate_draining(State(app), request(axum::http::Version::HTTP_2)).await;
+        assert!(h2.headers().get(header::CONNECTION).is_none());
     }
 }
