@@ -49,7 +49,9 @@ pub fn parse_documents(text: &str, path: &str) -> Result<Vec<serde_json::Value>,
     } else {
         // serde-saphyr skips empty and null documents, as kubectl does.
         let values: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple(text).map_err(|e| syntax(1, e.to_string()))?;
+            // No source snippet: the error is one line naming the file (the caller's path).
+            serde_saphyr::from_multiple_with_options(text, serde_saphyr::options! { with_snippet: false })
+                .map_err(|e| syntax(1, e.to_string().replace('\n', " ")))?;
         docs.extend(values.into_iter().filter(|v| !v.is_null()));
     }
     Ok(docs)
