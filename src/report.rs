@@ -182,6 +182,11 @@ impl Reporter {
             return;
         }
         let dry_run = request.dry_run.unwrap_or(false);
+        let noteworthy = !decision.warnings.is_empty() || decision.denial.is_some();
+        // The common case (a clean decision, logged at info) builds nothing when info is off.
+        if !noteworthy && !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
         let pod = decision
             .pod
             .as_ref()
