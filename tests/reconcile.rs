@@ -66,7 +66,11 @@ struct TestServer {
 }
 
 impl TestServer {
-    fn start(dir: &std::path::Path, instances: &[(&str, &str, &str, &str)]) -> Self {
+    fn start(
+        dir: &std::path::Path,
+        instances: &[(&str, &str, &str, &str)],
+        tls: Option<Value>,
+    ) -> Self {
         let journal = dir.join("journal.jsonl");
         let table: Vec<Value> = instances
             .iter()
@@ -92,7 +96,7 @@ impl TestServer {
         std::fs::write(
             &config,
             json!({"ttl": 2, "version": "3.8.0", "instances": table, "journal": journal,
-                   "auth": {"user": USER, "password": PASSWORD}})
+                   "auth": {"user": USER, "password": PASSWORD}, "tls": tls})
             .to_string(),
         )
         .unwrap();
@@ -142,11 +146,18 @@ impl TestServer {
 
 /// `SHOW INSTANCES` as an operator would read it: name → bolt_server.
 async fn registered() -> BTreeMap<String, String> {
+    registered_over(memgraph_address_injector::routing::bolt::Transport::Plain).await
+}
+
+async fn registered_over(
+    transport: memgraph_address_injector::routing::bolt::Transport,
+) -> BTreeMap<String, String> {
     let options = ConnectOptions {
         credentials: Some(Credentials {
             user: USER.into(),
             password: PASSWORD.into(),
         }),
+        transport,
         ..Default::default()
     };
     for (_, _, ip, _) in INSTANCES.iter().take(3) {
@@ -340,6 +351,10 @@ struct Cluster {
 /// The control plane, three Nodes, the chart's cluster in `rc` (coordinators and data-0
 /// behind NodePorts, data-1 behind a LoadBalancer still pending) and the test server.
 async fn cluster() -> Cluster {
+    cluster_with(None).await
+}
+
+async fn cluster_with(tls: Option<Value>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(dir.path());
     let client = plane.client().await;
@@ -399,7 +414,7 @@ async fn cluster() -> Cluster {
         .await
         .unwrap();
     }
-    let server = TestServer::start(dir.path(), &INSTANCES);
+    let server = TestServer::start(dir.path(), &INSTANCES, tls);
     for (sts, _, ip, _) in INSTANCES {
         pod_running(&client, &format!("{sts}-0"), ip).await;
     }
@@ -417,6 +432,15 @@ async fn cluster() -> Cluster {
 /// A `serve --reconcile-routing` replica; `fast` shortens the debounce (100 ms instead of the
 /// default 200 ms) and the Lease (6 s instead of 15 s) so that the scenarios run quickly.
 fn start_reconciler(c: &Cluster, identity: &str, fast: bool) -> Webhook {
+    start_reconciler_with(c, identity, fast, &[])
+}
+
+fn start_reconciler_with(
+    c: &Cluster,
+    identity: &str,
+    fast: bool,
+    extra: &[(&str, &str)],
+) -> Webhook {
     let kubeconfig = c.plane.kubeconfig.display().to_string();
     let password = c.password_file.display().to_string();
     let webhook_dir = c._dir.path().join(identity);
@@ -435,6 +459,7 @@ fn start_reconciler(c: &Cluster, identity: &str, fast: bool) -> Webhook {
             ("MAI_RECONCILE_BOLT_TIMEOUT_MS", "2000"),
         ]);
     }
+    env.extend(extra.iter().copied());
     start_webhook(&webhook_dir, &["--reconcile-routing"], &env)
 }
 
@@ -869,5 +894,90 @@ async fn correction_latency() {
     assert!(
         at(0.99) <= Duration::from_secs(5),
         "p99 above the 5 s target"
+    );
+}
+
+/// Memgraph serving Bolt over TLS (`--bolt-cert-file`): a reconciler speaking plain Bolt gets
+/// an Event and a metric, never a write; one with `--reconcile-bolt-tls verify` and the CA
+/// (the certificate names the chart's `memgraph-coordinator-1.rc.svc.cluster.local`, while
+/// the connection goes to the pod IP) corrects the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bolt_over_tls() {
+    let _serial = SERIAL.lock().await;
+    let certs = tempfile::tempdir().unwrap();
+    let out = certs.path().join("bolt");
+    let status = std::process::Command::new(BIN)
+        .args([
+            "gen-certs",
+            "--service",
+            "memgraph-coordinator-1",
+            "--namespace",
+            NS,
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tls = json!({"cert": out.join("tls.crt"), "key": out.join("tls.key")});
+    let c = cluster_with(Some(tls)).await;
+    let client = c.client.clone();
+    let tls_transport = memgraph_address_injector::routing::tls::transport(
+        memgraph_address_injector::routing::uri::Security::SelfSigned,
+        None,
+        "test",
+    )
+    .unwrap();
+
+    // 1. TLS on the Bolt port, plain Bolt in the reconciler: an Event, a metric, no write.
+    let mut plain = start_reconciler(&c, "plain", true);
+    let failed = wait_event(
+        &client,
+        "memgraph-coordinator-1-0",
+        "RoutingUpdateFailed",
+        "TLS",
+    )
+    .await;
+    assert!(failed.contains("127.0.10.11:7687"), "{failed}");
+    let mut counted = 0.0;
+    for result in ["tls", "unreachable"] {
+        let series = format!(
+            r#"memgraph_address_injector_routing_reconciles_total{{namespace="rc",result="{result}"}}"#
+        );
+        counted += plain.metric(&series).await.unwrap_or(0.0);
+    }
+    assert!(counted >= 1.0, "a failed pass is counted");
+    assert!(c.server.updates().is_empty(), "nothing written");
+    plain.process.child.kill().unwrap();
+    let _ = plain.process.child.wait();
+
+    // 2. The reconciler verifies the coordinator's certificate against the CA.
+    let ca = out.join("ca.crt").display().to_string();
+    let _verified = start_reconciler_with(
+        &c,
+        "verified",
+        true,
+        &[
+            ("MAI_RECONCILE_BOLT_TLS", "verify"),
+            ("MAI_RECONCILE_BOLT_CA", ca.as_str()),
+        ],
+    );
+    let started = Instant::now();
+    loop {
+        let now = registered_over(tls_transport.clone()).await;
+        if now["coordinator_1"].starts_with("127.0.11.1:")
+            && now["instance_0"].starts_with("127.0.11.1:")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not corrected over TLS: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "corrected over Bolt+TLS in {:.1?} after the takeover",
+        started.elapsed()
     );
 }
