@@ -277,7 +277,10 @@ pub async fn reconcile(
         }
     }
     let Some((seed_pod, mut conn)) = found else {
-        let (pod, err) = last_error.expect("at least one coordinator was tried");
+        let Some((pod, err)) = last_error else {
+            // Not reached: `coordinators` is not empty, so one was tried and failed.
+            return Outcome::stop(ReconcileResult::Error, "no coordinator was tried".into());
+        };
         let result = classify(&err);
         pass.event(
             Some(pod),
