@@ -8,7 +8,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MAI_GIT_COMMIT");
     let commit = match std::env::var("MAI_GIT_COMMIT") {
         Ok(commit) if !commit.trim().is_empty() => commit.trim().to_owned(),
-        _ => git_commit().unwrap_or_else(|| "unknown".to_owned()),
+        _ => git_commit().unwrap_or_else(|| {
+            // git failed (no git, or a copy of the tree): still rerun when a checkout appears
+            // or moves, so that a cached "unknown" does not outlive the problem.
+            let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+            watch(&dir.join(".git").join("HEAD"));
+            watch(&dir.join(".git"));
+            "unknown".to_owned()
+        }),
     };
     println!("cargo:rustc-env=MAI_BUILD_COMMIT={commit}");
 }
