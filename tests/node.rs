@@ -128,14 +128,14 @@ fn injected(pod: &serde_json::Value) -> Option<String> {
 /// `restricted` Pod Security Standard, called by the API server through its Service
 /// (ClusterIP, kube-proxy nftables) with the chart's generated certificate; a Memgraph pod
 /// gets the node's address and NodePort; one replica deleted under admission load: no
-/// admission fails.
+/// admission fails; the serving certificate rotated through the Secret under load (the
+/// kubelet's volume swap, both replicas serve the new one, no admission fails); the PDB
+/// allows one eviction and refuses the next (429) while one replica is Ready, under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_on_a_real_node() {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
     use support::chart::{create_pod_raw, external_service, memgraph_pod, namespace};
 
     let (archive, tag) = webhook_image();
@@ -146,6 +146,17 @@ async fn the_chart_runs_on_a_real_node() {
     node.import_image(&archive);
     let up_in = started.elapsed();
     let client = plane.client().await;
+    // kube's default client retries 429, 503 and 504: a refused eviction or an admission
+    // answered with one of those would be retried until it passes. Counted as sent here.
+    let strict = {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&plane.kubeconfig).expect("kubeconfig");
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("client config");
+        config.default_retry = false;
+        kube::Client::try_from(config).expect("client")
+    };
 
     // The release namespace enforces the `restricted` Pod Security Standard.
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -287,39 +298,9 @@ async fn the_chart_runs_on_a_real_node() {
     let first_admission_in = admitted_start.elapsed();
 
     // 3. One replica deleted under admission load: the other serves, nothing fails.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut workers = Vec::new();
-    for worker in 0..4 {
-        let (client, stop, ok, failures, want) = (
-            client.clone(),
-            stop.clone(),
-            ok.clone(),
-            failures.clone(),
-            want.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let name = format!("memgraph-data-0-{worker}-{i}");
-                let (status, _, pod) =
-                    create_pod_raw(&client, ns, &memgraph_pod(&name, json!({})), true).await;
-                match injected(&pod) {
-                    Some(address) if status == 201 && address == want => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => failures
-                        .lock()
-                        .expect("failures")
-                        .push(format!("{status}: {pod}")),
-                }
-            }
-        }));
-    }
+    let load = AdmissionLoad::start(&strict, ns, &want);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before_delete = ok.load(Ordering::Relaxed);
+    let before_delete = load.admitted();
     let victim = pods[0].metadata.name.clone().expect("pod name");
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), NS);
     pod_api
@@ -343,12 +324,7 @@ async fn the_chart_runs_on_a_real_node() {
     .await;
     let replaced_in = delete_start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.expect("load worker");
-    }
-    let admitted = ok.load(Ordering::Relaxed);
-    let failed = failures.lock().expect("failures").clone();
+    let (admitted, failed) = load.finish().await;
     println!(
         "chart on a real node: control plane + node up {up_in:.1?}, helm install --wait \
          (2 replicas Ready) {install_in:.1?}, first Memgraph pod admitted {first_admission_in:.1?} \
@@ -462,6 +438,206 @@ async fn the_chart_runs_on_a_real_node() {
         bolt_start.elapsed()
     );
 
+    // 5. The serving certificate rotated through the chart's Secret under admission load:
+    // the kubelet swaps the Secret volume's `..data` link, each replica reloads, the API
+    // server (trusting the old and the new CA during the swap) never fails an admission.
+    // The chart's generated CA keeps no key, so the new pair comes from a new CA, added to
+    // the caBundle first — the order a CA rotation takes.
+    let certs = tempfile::tempdir().expect("tempdir");
+    let files =
+        memgraph_address_injector::certs::generate(RELEASE, NS, &[], certs.path(), false, 30)
+            .expect("a new CA and serving certificate");
+    let new_ca = std::fs::read(&files.ca).expect("new ca.crt");
+    let new_cert = std::fs::read(&files.cert).expect("new tls.crt");
+    let new_key = std::fs::read(&files.key).expect("new tls.key");
+    let new_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(&new_cert)
+            .expect("the new certificate")
+            .to_vec()
+    };
+    let tls_secret = format!("{RELEASE}-tls");
+    let secret = secrets.get(&tls_secret).await.expect("the TLS Secret");
+    let old_ca = secret.data.as_ref().expect("Secret data")["ca.crt"]
+        .0
+        .clone();
+    let pods_now = two_ready_replicas(&client, &[], "two Ready replicas before the rotation").await;
+    for pod in &pods_now {
+        let served = serving_certificate(&pod_ip(pod), &old_ca).await;
+        assert!(
+            served.is_ok_and(|der| der != new_der),
+            "the old certificate is served first"
+        );
+    }
+    let mut config = configs.get(RELEASE).await.expect("webhook configuration");
+    let both = [old_ca.clone(), new_ca.clone()].concat();
+    for webhook in config.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = Some(k8s_openapi::ByteString(both.clone()));
+    }
+    configs
+        .replace(RELEASE, &PostParams::default(), &config)
+        .await
+        .expect("caBundle with the old and the new CA");
+    let load = AdmissionLoad::start(&strict, ns, &want);
+    // The API server's webhook informer picks the bundle up; admissions under load meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_rotation = load.admitted();
+    let mut secret = secret;
+    let data = secret.data.as_mut().expect("Secret data");
+    data.insert("ca.crt".into(), k8s_openapi::ByteString(new_ca.clone()));
+    data.insert("tls.crt".into(), k8s_openapi::ByteString(new_cert.clone()));
+    data.insert("tls.key".into(), k8s_openapi::ByteString(new_key.clone()));
+    secrets
+        .replace(&tls_secret, &PostParams::default(), &secret)
+        .await
+        .expect("the rotated Secret");
+    let rotation_start = Instant::now();
+    let rotated_at: Vec<Duration> = {
+        let mut at = Vec::new();
+        for pod in &pods_now {
+            let ip = pod_ip(pod);
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            wait_for(
+                Duration::from_secs(70),
+                &format!("{name} serving the new certificate"),
+                || {
+                    let (ip, new_ca, new_der) = (ip.clone(), new_ca.clone(), new_der.clone());
+                    async move {
+                        serving_certificate(&ip, &new_ca)
+                            .await
+                            .ok()
+                            .filter(|der| *der == new_der)
+                    }
+                },
+            )
+            .await;
+            at.push(rotation_start.elapsed());
+        }
+        at
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (admitted, failed) = load.finish().await;
+    println!(
+        "chart on a real node: serving certificate rotated through the Secret: both replicas \
+         serve the new one {:.1?} after the Secret update (each: {rotated_at:.1?}); \
+         {admitted} admissions ({before_rotation} before the update), {} failed",
+        rotation_start.elapsed(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} admissions failed during the rotation; first: {:?}",
+        failed.len(),
+        admitted + failed.len(),
+        failed.first()
+    );
+    assert!(admitted > before_rotation, "admissions continued");
+    // The old CA leaves the bundle: admissions now rest on the new certificate alone.
+    let mut config = configs.get(RELEASE).await.expect("webhook configuration");
+    for webhook in config.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = Some(k8s_openapi::ByteString(new_ca.clone()));
+    }
+    configs
+        .replace(RELEASE, &PostParams::default(), &config)
+        .await
+        .expect("caBundle with the new CA only");
+    let only_new = wait_for(
+        Duration::from_secs(30),
+        "an admission trusting the new CA only",
+        || {
+            let client = client.clone();
+            async move {
+                let (status, _, pod) = create_pod_raw(
+                    &client,
+                    ns,
+                    &memgraph_pod("memgraph-data-0-rotated", json!({})),
+                    true,
+                )
+                .await;
+                (status == 201).then(|| injected(&pod)).flatten()
+            }
+        },
+    )
+    .await;
+    assert_eq!(only_new, want);
+
+    // 6. The PodDisruptionBudget (minAvailable 1) under admission load: one eviction is
+    // allowed; while only one replica is Ready the next is refused with 429.
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        Duration::from_secs(60),
+        "the PDB allowing one disruption",
+        || {
+            let budgets = budgets.clone();
+            async move {
+                let pdb = budgets.get(RELEASE).await.ok()?;
+                let status = pdb.status?;
+                (status.disruptions_allowed == Some(1) && status.current_healthy == Some(2))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let pods_now = two_ready_replicas(&client, &[], "two Ready replicas before the eviction").await;
+    let load = AdmissionLoad::start(&strict, ns, &want);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_eviction = load.admitted();
+    let first = pods_now[0].metadata.name.clone().expect("pod name");
+    let second = pods_now[1].metadata.name.clone().expect("pod name");
+    let evict_start = Instant::now();
+    let evictions: Api<Pod> = Api::namespaced(strict.clone(), NS);
+    evictions
+        .evict(&first, &Default::default())
+        .await
+        .expect("the first eviction is allowed");
+    let ready_now: Vec<String> = webhook_pods(&client)
+        .await
+        .into_iter()
+        .filter(|p| is_ready(p) && !is_terminating(p))
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(
+        ready_now,
+        vec![second.clone()],
+        "only one replica Ready after the eviction"
+    );
+    match evictions.evict(&second, &Default::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 429 => {}
+        other => panic!("the second eviction was not refused by the PDB: {other:?}"),
+    }
+    let refused_in = evict_start.elapsed();
+    two_ready_replicas(
+        &client,
+        std::slice::from_ref(&first),
+        "the evicted replica replaced",
+    )
+    .await;
+    let evicted_replaced_in = evict_start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (admitted, failed) = load.finish().await;
+    println!(
+        "chart on a real node: eviction of {first} allowed, of {second} refused (429) \
+         {refused_in:.1?} later; replaced in {evicted_replaced_in:.1?}; {admitted} admissions \
+         ({before_eviction} before the eviction), {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} admissions failed during the eviction; first: {:?}",
+        failed.len(),
+        admitted + failed.len(),
+        failed.first()
+    );
+    assert!(admitted > before_eviction, "admissions continued");
+    assert!(
+        pod_api
+            .get(&second)
+            .await
+            .is_ok_and(|p| !is_terminating(&p)),
+        "the refused eviction left {second} running"
+    );
+
     let teardown_start = Instant::now();
     let left = node.teardown();
     println!(
@@ -518,4 +694,143 @@ fn driver_run(python: &std::path::Path, probe: &std::path::Path, uri: &str) -> S
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Dry-run Memgraph pod creates from 4 concurrent workers until `finish`: each must be
+/// admitted (201) with `want` injected; anything else is a failed admission.
+struct AdmissionLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AdmissionLoad {
+    fn start(client: &kube::Client, ns: &str, want: &str) -> AdmissionLoad {
+        use std::sync::atomic::Ordering;
+        let load = AdmissionLoad {
+            stop: Default::default(),
+            ok: Default::default(),
+            failures: Default::default(),
+            workers: Vec::new(),
+        };
+        let workers = (0..4)
+            .map(|worker| {
+                let (client, stop, ok, failures) = (
+                    client.clone(),
+                    load.stop.clone(),
+                    load.ok.clone(),
+                    load.failures.clone(),
+                );
+                let (ns, want) = (ns.to_string(), want.to_string());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let name = format!("memgraph-data-0-{worker}-{i}");
+                        let (status, _, pod) = support::chart::create_pod_raw(
+                            &client,
+                            &ns,
+                            &support::chart::memgraph_pod(&name, json!({})),
+                            true,
+                        )
+                        .await;
+                        match injected(&pod) {
+                            Some(address) if status == 201 && address == want => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => failures
+                                .lock()
+                                .expect("failures")
+                                .push(format!("{status}: {pod}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        AdmissionLoad { workers, ..load }
+    }
+
+    fn admitted(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the workers; the admitted count and the failures.
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.expect("load worker");
+        }
+        let failed = self.failures.lock().expect("failures").clone();
+        (self.ok.load(std::sync::atomic::Ordering::Relaxed), failed)
+    }
+}
+
+/// The serving certificate a webhook pod presents at `ip`:8443, if it verifies against
+/// `ca_pem` for the Service's name (the name the API server checks).
+async fn serving_certificate(ip: &str, ca_pem: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(format!("{RELEASE}.{NS}.svc"))
+        .map_err(|e| e.to_string())?;
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((ip, 8443))
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (_, session) = tls.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or_else(|| "no peer certificate".to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a pod IP")
+}
+
+fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// Waits until the release runs exactly two Ready pods, none of them in `gone`.
+async fn two_ready_replicas(client: &kube::Client, gone: &[String], what: &str) -> Vec<Pod> {
+    wait_for(Duration::from_secs(90), what, || {
+        let client = client.clone();
+        async move {
+            let pods = webhook_pods(&client).await;
+            (pods.len() == 2
+                && pods.iter().all(|p| {
+                    is_ready(p)
+                        && !is_terminating(p)
+                        && !gone.iter().any(|g| p.metadata.name.as_deref() == Some(g))
+                }))
+            .then_some(pods)
+        }
+    })
+    .await
 }
