@@ -130,7 +130,9 @@ fn injected(pod: &serde_json::Value) -> Option<String> {
 /// gets the node's address and NodePort; one replica deleted under admission load: no
 /// admission fails; the serving certificate rotated through the Secret under load (the
 /// kubelet's volume swap, both replicas serve the new one, no admission fails); the PDB
-/// allows one eviction and refuses the next (429) while one replica is Ready, under load.
+/// allows one eviction and refuses the next (429) while one replica is Ready, under load;
+/// `helm upgrade` turns the routing reconciler on: one Lease holder, taken over by the other
+/// replica when the leader is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_on_a_real_node() {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -638,6 +640,140 @@ async fn the_chart_runs_on_a_real_node() {
         "the refused eviction left {second} running"
     );
 
+    // 7. The routing reconciler on the node: `helm upgrade` turns it on; the two replicas
+    // elect one writer on the Lease (holder = pod name, and exactly that replica reports
+    // itself leader); the leader deleted, the other takes the Lease over.
+    let before_upgrade: Vec<String> = webhook_pods(&client)
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let upgrade_start = Instant::now();
+    let helm_out = tokio::task::block_in_place(|| {
+        helm.run(&[
+            "upgrade",
+            RELEASE,
+            &chart,
+            "-n",
+            NS,
+            "--reuse-values",
+            "--set",
+            "routing.reconcile.enabled=true",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+    });
+    assert!(
+        helm_out.status.success(),
+        "helm upgrade failed: {}",
+        String::from_utf8_lossy(&helm_out.stderr)
+    );
+    let upgraded = two_ready_replicas(&client, &before_upgrade, "the upgraded replicas").await;
+    let upgrade_in = upgrade_start.elapsed();
+    let names: Vec<String> = upgraded
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    for pod in &upgraded {
+        let env = pod.spec.as_ref().expect("spec").containers[0]
+            .env
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "MAI_RECONCILE_ROUTING" && e.value.as_deref() == Some("true")),
+            "the reconciler is on in {:?}",
+            pod.metadata.name
+        );
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), NS);
+    let holder = |leases: Api<k8s_openapi::api::coordination::v1::Lease>| async move {
+        leases
+            .get(ROUTING_LEASE)
+            .await
+            .ok()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let leader = wait_for(
+        Duration::from_secs(60),
+        "a replica holding the Lease",
+        || {
+            let (leases, names) = (leases.clone(), names.clone());
+            async move { holder(leases).await.filter(|h| names.contains(h)) }
+        },
+    )
+    .await;
+    let elected_in = upgrade_start.elapsed();
+    let ips: Vec<(String, String)> = upgraded
+        .iter()
+        .map(|p| (p.metadata.name.clone().unwrap_or_default(), pod_ip(p)))
+        .collect();
+    wait_for(
+        Duration::from_secs(30),
+        "exactly the Lease holder reporting itself leader",
+        || {
+            let (ips, leader) = (ips.clone(), leader.clone());
+            async move {
+                let mut leading = Vec::new();
+                for (name, ip) in &ips {
+                    match routing_leader(ip).await? {
+                        1 => leading.push(name.clone()),
+                        0 => {}
+                        _ => return None,
+                    }
+                }
+                (leading == [leader]).then_some(())
+            }
+        },
+    )
+    .await;
+    let other = names
+        .iter()
+        .find(|n| **n != leader)
+        .expect("the other replica")
+        .clone();
+    pod_api
+        .delete(&leader, &Default::default())
+        .await
+        .expect("delete the leader");
+    let takeover_start = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the other replica taking the Lease",
+        || {
+            let (leases, other) = (leases.clone(), other.clone());
+            async move { holder(leases).await.filter(|h| *h == other) }
+        },
+    )
+    .await;
+    let takeover_in = takeover_start.elapsed();
+    let other_ip = ips
+        .iter()
+        .find(|(n, _)| *n == other)
+        .map(|(_, ip)| ip.clone())
+        .expect("the other replica's IP");
+    wait_for(
+        Duration::from_secs(10),
+        "the new leader reporting itself leader",
+        || {
+            let ip = other_ip.clone();
+            async move { (routing_leader(&ip).await? == 1).then_some(()) }
+        },
+    )
+    .await;
+    println!(
+        "chart on a real node: helm upgrade --wait with routing.reconcile.enabled=true \
+         {upgrade_in:.1?} (replicas replaced), Lease held by {leader} {elected_in:.1?} after the \
+         upgrade began; leader deleted, {other} holds the Lease {takeover_in:.1?} later"
+    );
+    assert!(
+        takeover_in < Duration::from_secs(30),
+        "takeover took {takeover_in:?}"
+    );
+
     let teardown_start = Instant::now();
     let left = node.teardown();
     println!(
@@ -833,4 +969,27 @@ async fn two_ready_replicas(client: &kube::Client, gone: &[String], what: &str) 
         }
     })
     .await
+}
+
+/// The reconciler's Lease (the binary's default name).
+const ROUTING_LEASE: &str = "memgraph-address-injector-routing";
+
+/// `memgraph_address_injector_routing_leader` of the replica at `ip` (its health port).
+async fn routing_leader(ip: &str) -> Option<u8> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let text = client
+        .get(format!("http://{ip}:8080/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memgraph_address_injector_routing_leader "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u8)
 }
