@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use memgraph_address_injector::routing::bolt::{BoltAddress, ConnectOptions, Connection};
 use serde_json::json;
 
 use support::chart::{from, wait_for};
@@ -132,7 +133,9 @@ fn injected(pod: &serde_json::Value) -> Option<String> {
 /// kubelet's volume swap, both replicas serve the new one, no admission fails); the PDB
 /// allows one eviction and refuses the next (429) while one replica is Ready, under load;
 /// `helm upgrade` turns the routing reconciler on: one Lease holder, taken over by the other
-/// replica when the leader is deleted.
+/// replica when the leader is deleted; a coordinator and two data instances (the Bolt test
+/// server in pods) registered under in-cluster names are corrected by the reconciler to the
+/// node's address and NodePorts, and the neo4j driver on the host writes through that table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_on_a_real_node() {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -517,13 +520,14 @@ async fn the_chart_runs_on_a_real_node() {
         }
         at
     };
+    let rotated_in = rotation_start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (admitted, failed) = load.finish().await;
     println!(
         "chart on a real node: serving certificate rotated through the Secret: both replicas \
          serve the new one {:.1?} after the Secret update (each: {rotated_at:.1?}); \
          {admitted} admissions ({before_rotation} before the update), {} failed",
-        rotation_start.elapsed(),
+        rotated_in,
         failed.len()
     );
     assert!(
@@ -740,38 +744,230 @@ async fn the_chart_runs_on_a_real_node() {
         .await
         .expect("delete the leader");
     let takeover_start = Instant::now();
-    wait_for(
+    // Whichever live replica renews first takes it: the survivor, or the replacement the
+    // ReplicaSet started meanwhile (Ready in ~6 s, before the 15 s Lease runs out).
+    let (new_leader, new_leader_ip) = wait_for(
         Duration::from_secs(60),
-        "the other replica taking the Lease",
+        "another live replica taking the Lease",
         || {
-            let (leases, other) = (leases.clone(), other.clone());
-            async move { holder(leases).await.filter(|h| *h == other) }
+            let (client, leases, leader) = (client.clone(), leases.clone(), leader.clone());
+            async move {
+                let now = holder(leases).await.filter(|h| *h != leader)?;
+                let pod = webhook_pods(&client).await.into_iter().find(|p| {
+                    p.metadata.name.as_deref() == Some(now.as_str())
+                        && is_ready(p)
+                        && !is_terminating(p)
+                })?;
+                Some((now, pod_ip(&pod)))
+            }
         },
     )
     .await;
     let takeover_in = takeover_start.elapsed();
-    let other_ip = ips
-        .iter()
-        .find(|(n, _)| *n == other)
-        .map(|(_, ip)| ip.clone())
-        .expect("the other replica's IP");
     wait_for(
         Duration::from_secs(10),
         "the new leader reporting itself leader",
         || {
-            let ip = other_ip.clone();
+            let ip = new_leader_ip.clone();
             async move { (routing_leader(&ip).await? == 1).then_some(()) }
         },
     )
     .await;
+    let which = if new_leader == other {
+        "the surviving replica"
+    } else {
+        "the leader's replacement"
+    };
     println!(
         "chart on a real node: helm upgrade --wait with routing.reconcile.enabled=true \
          {upgrade_in:.1?} (replicas replaced), Lease held by {leader} {elected_in:.1?} after the \
-         upgrade began; leader deleted, {other} holds the Lease {takeover_in:.1?} later"
+         upgrade began; leader deleted, {new_leader} ({which}) holds the Lease {takeover_in:.1?} \
+         later"
     );
     assert!(
         takeover_in < Duration::from_secs(30),
         "takeover took {takeover_in:?}"
+    );
+
+    // 8. The reconciler corrects a registration on the node: a coordinator and a data
+    // instance (the Bolt test server in pods shaped as the chart's, each serving its own
+    // instance on 7687) registered under in-cluster names; the leader replica rewrites both
+    // to `<node IP>:<NodePort>`, and the official neo4j driver on the host, seeded with the
+    // coordinator's NodePort, writes through the corrected table.
+    let ha = "ha";
+    namespace(&client, ha).await;
+    let ha_services: Api<Service> = Api::namespaced(client.clone(), ha);
+    let mut ports = std::collections::BTreeMap::new();
+    for sts in [
+        "memgraph-coordinator-1",
+        "memgraph-data-0",
+        "memgraph-data-1",
+    ] {
+        ha_services
+            .create(
+                &PostParams::default(),
+                &from(
+                    json!({"metadata": {"name": sts}, "spec": {"clusterIP": "None",
+                    "selector": {"app": sts},
+                    "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
+                ),
+            )
+            .await
+            .expect("the internal Service");
+        let svc = ha_services
+            .create(
+                &PostParams::default(),
+                &external_service(sts, "NodePort", &[7687]),
+            )
+            .await
+            .expect("the external Service");
+        let port = svc.spec.and_then(|s| s.ports).expect("ports")[0]
+            .node_port
+            .expect("a NodePort");
+        ports.insert(sts, port);
+    }
+    let internal = |sts: &str, port: u16| format!("{sts}.{ha}.svc.cluster.local:{port}");
+    // One cluster view in both pods; each pod listens only as its own instance.
+    let cluster_as = |me: &str| {
+        // The others on distinct loopback ports inside the pod (bound, never used).
+        let listen = |name: &str, i: u16| {
+            if name == me {
+                "0.0.0.0:7687".to_string()
+            } else {
+                format!("127.0.0.1:{}", 7690 + i)
+            }
+        };
+        json!({"ttl": 2, "version": "3.8.0", "instances": [
+            {"name": "coordinator_1", "listen": listen("coordinator_1", 0),
+             "bolt_server": internal("memgraph-coordinator-1", 7687),
+             "management_server": internal("memgraph-coordinator-1", 10000),
+             "coordinator_server": internal("memgraph-coordinator-1", 12000),
+             "role": "leader"},
+            {"name": "instance_0", "listen": listen("instance_0", 1),
+             "bolt_server": internal("memgraph-data-0", 7687),
+             "management_server": internal("memgraph-data-0", 10000),
+             "role": "main"},
+            // A replica: the driver refuses a routing table without readers.
+            {"name": "instance_1", "listen": listen("instance_1", 2),
+             "bolt_server": internal("memgraph-data-1", 7687),
+             "management_server": internal("memgraph-data-1", 10000),
+             "role": "replica"}
+        ]})
+    };
+    let ha_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), ha);
+    let ha_pods: Api<Pod> = Api::namespaced(client.clone(), ha);
+    let ha_start = Instant::now();
+    for (sts, container, me, args) in [
+        (
+            "memgraph-coordinator-1",
+            "memgraph-coordinator",
+            "coordinator_1",
+            support::chart::coordinator_args(1, ha),
+        ),
+        (
+            "memgraph-data-0",
+            "memgraph-data",
+            "instance_0",
+            support::chart::data_args(),
+        ),
+        (
+            "memgraph-data-1",
+            "memgraph-data",
+            "instance_1",
+            support::chart::data_args(),
+        ),
+    ] {
+        ha_config_maps
+            .create(
+                &PostParams::default(),
+                &from(json!({"metadata": {"name": sts},
+                             "data": {"cluster.json": cluster_as(me).to_string()}})),
+            )
+            .await
+            .expect("the Bolt server's ConfigMap");
+        let pod: Pod = from(json!({
+            "metadata": {"name": format!("{sts}-0"),
+                         "labels": {"app": sts, "role": if container == "memgraph-coordinator" { "coordinator" } else { "data" }}},
+            "spec": {
+                "containers": [{
+                    "name": container,
+                    "image": BOLT_TEST_IMAGE,
+                    "imagePullPolicy": "Never",
+                    // Memgraph's flags, as the chart passes them (the test server ignores them;
+                    // the webhook and the reconciler read them).
+                    "command": ["/usr/bin/python3", "/srv/memgraph_coordinator.py", "/config/cluster.json"],
+                    "args": args,
+                    "stdin": true,
+                    "ports": [{"containerPort": 7687}],
+                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]
+                }],
+                "volumes": [{"name": "config", "configMap": {"name": sts}}],
+                "terminationGracePeriodSeconds": 1
+            }
+        }));
+        ha_pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("a Memgraph-playing HA pod");
+    }
+    let want_coordinator = format!("{NODE_IP}:{}", ports["memgraph-coordinator-1"]);
+    let want_data = format!("{NODE_IP}:{}", ports["memgraph-data-0"]);
+    let want_replica = format!("{NODE_IP}:{}", ports["memgraph-data-1"]);
+    let seed = BoltAddress {
+        host: NODE_IP.into(),
+        port: u16::try_from(ports["memgraph-coordinator-1"]).expect("a port"),
+    };
+    let mut last = std::collections::BTreeMap::new();
+    let mut corrected = false;
+    for _ in 0..300 {
+        if let Some(now) = show_instances(&seed).await {
+            corrected = now.get("coordinator_1") == Some(&want_coordinator)
+                && now.get("instance_0") == Some(&want_data)
+                && now.get("instance_1") == Some(&want_replica);
+            last = now;
+            if corrected {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        corrected,
+        "the reconciler did not correct the registrations (want {want_coordinator} and \
+         {want_data}): {last:?}; pods: {:?}",
+        ha_pods.list(&Default::default()).await.map(|l| l
+            .items
+            .into_iter()
+            .map(|p| (p.metadata.name, p.status.map(|s| s.container_statuses)))
+            .collect::<Vec<_>>())
+    );
+    let corrected_in = ha_start.elapsed();
+    let uri = format!("neo4j://{want_coordinator}");
+    let mut last = String::new();
+    let mut reply = None;
+    for _ in 0..30 {
+        let out = tokio::task::block_in_place(|| driver_run(&python, &probe, &uri));
+        match out
+            .lines()
+            .nth(1)
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            Some(r) if r["ok"] == true => {
+                reply = Some(r);
+                break;
+            }
+            _ => last = out,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reply =
+        reply.unwrap_or_else(|| panic!("the neo4j driver did not write through {uri}: {last}"));
+    assert_eq!(reply["server"], want_data.as_str(), "{reply}");
+    println!(
+        "chart on a real node: reconciler corrected the registrations to {want_coordinator} \
+         (coordinator_1), {want_data} (instance_0) and {want_replica} (instance_1) \
+         {corrected_in:.1?} after the pods were created; neo4j driver on the host via {uri} wrote through the table: {reply}"
     );
 
     let teardown_start = Instant::now();
@@ -992,4 +1188,22 @@ async fn routing_leader(ip: &str) -> Option<u8> {
         .find_map(|l| l.strip_prefix("memgraph_address_injector_routing_leader "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u8)
+}
+
+/// The registrations (name -> bolt_server) that the coordinator at `seed` reports.
+async fn show_instances(seed: &BoltAddress) -> Option<std::collections::BTreeMap<String, String>> {
+    let options = ConnectOptions {
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut conn = Connection::connect(seed, &options).await.ok()?;
+    let result = conn.run("SHOW INSTANCES").await.ok()?;
+    conn.close().await;
+    let name = result.fields.iter().position(|f| f == "name")?;
+    let bolt = result.fields.iter().position(|f| f == "bolt_server")?;
+    result
+        .records
+        .iter()
+        .map(|r| Some((r[name].as_str()?.to_string(), r[bolt].as_str()?.to_string())))
+        .collect()
 }
