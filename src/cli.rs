@@ -271,19 +271,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_in_flight,
     );
     app.reporter = reporter;
+    let mut reconciler = None;
     if args.reconcile.reconcile_routing {
         let Some(client) = reconcile_client else {
             bail!("--reconcile-routing needs the API server; it cannot run with --cluster-state");
         };
-        crate::reconcile::start(
-            client,
-            &args.reconcile,
-            &identity,
-            (*app.config).clone(),
-            app.metrics.clone(),
-            app.reporter.clone(),
-        )
-        .await?;
+        reconciler = Some(
+            crate::reconcile::start(
+                client,
+                &args.reconcile,
+                &identity,
+                (*app.config).clone(),
+                app.metrics.clone(),
+                app.reporter.clone(),
+            )
+            .await?,
+        );
     }
     server::serve(
         ServeOptions {
@@ -303,6 +306,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         app,
     )
     .await?;
+    if let Some(reconciler) = reconciler {
+        reconciler.stop(Duration::from_secs(3)).await;
+    }
     Ok(())
 }
 

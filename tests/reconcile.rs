@@ -930,7 +930,9 @@ async fn bolt_over_tls() {
     .unwrap();
 
     // 1. TLS on the Bolt port, plain Bolt in the reconciler: an Event, a metric, no write.
-    let mut plain = start_reconciler(&c, "plain", true);
+    //    (The default 15 s Lease here, and no shutdown delay: see step 2.)
+    let mut plain =
+        start_reconciler_with(&c, "plain", false, &[("MAI_SHUTDOWN_DELAY_SECONDS", "0")]);
     let failed = wait_event(
         &client,
         "memgraph-coordinator-1-0",
@@ -948,20 +950,50 @@ async fn bolt_over_tls() {
     }
     assert!(counted >= 1.0, "a failed pass is counted");
     assert!(c.server.updates().is_empty(), "nothing written");
-    plain.process.child.kill().unwrap();
-    let _ = plain.process.child.wait();
 
-    // 2. The reconciler verifies the coordinator's certificate against the CA.
+    // 2. A replica that verifies the coordinator's certificate against the CA waits for the
+    //    Lease; the plain one stops on SIGTERM and releases it (kube-lease-manager's waiting
+    //    replica still polls at its own pace, so the handover takes up to about a Lease).
     let ca = out.join("ca.crt").display().to_string();
-    let _verified = start_reconciler_with(
+    let verified = start_reconciler_with(
         &c,
         "verified",
-        true,
+        false,
         &[
             ("MAI_RECONCILE_BOLT_TLS", "verify"),
             ("MAI_RECONCILE_BOLT_CA", ca.as_str()),
         ],
     );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        verified
+            .metric("memgraph_address_injector_routing_leader")
+            .await,
+        Some(0.0)
+    );
+    let handover = Instant::now();
+    let status = tokio::task::block_in_place(|| plain.process.terminate(Duration::from_secs(15)));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        plain.log_text().contains("Lease released"),
+        "{}",
+        plain.log_text()
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the verified replica to lead",
+        || async {
+            (verified
+                .metric("memgraph_address_injector_routing_leader")
+                .await
+                == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    let took = handover.elapsed();
+    eprintln!("Lease handed over on SIGTERM in {took:.1?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
     let started = Instant::now();
     loop {
         let now = registered_over(tls_transport.clone()).await;

@@ -108,6 +108,37 @@ pub enum ReconcileError {
     },
 }
 
+/// The running reconciler; `stop` hands the Lease over at shutdown.
+pub struct Reconciler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    lease: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+    looping: tokio::task::JoinHandle<()>,
+}
+
+impl Reconciler {
+    /// Stops writing and releases the Lease, so another replica takes over at once instead
+    /// of after the Lease runs out (the pod is being deleted: nothing should wait 15 s).
+    pub async fn stop(self, budget: Duration) {
+        let _ = self.stop.send(());
+        let released = tokio::time::timeout(budget, async {
+            let _ = self.looping.await;
+            self.lease.await
+        })
+        .await;
+        match released {
+            Ok(Ok(Ok(_))) => tracing::info!("routing reconciler stopped; Lease released"),
+            Ok(Ok(Err(err))) => {
+                tracing::warn!(error = %err, "routing reconciler stopped; the Lease could not be released and runs out by itself")
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("routing reconciler stopped; the Lease runs out by itself")
+            }
+        }
+    }
+}
+
 /// Starts the reconciler in the background: the watches, the Lease and the loop.
 pub async fn start(
     client: kube::Client,
@@ -116,7 +147,7 @@ pub async fn start(
     decision: Config,
     metrics: Arc<Metrics>,
     reporter: Reporter,
-) -> Result<(), ReconcileError> {
+) -> Result<Reconciler, ReconcileError> {
     use crate::routing::uri::Security;
     let (security, ca) = match (args.reconcile_bolt_tls, &args.reconcile_bolt_ca) {
         (BoltTls::Off, None) => (Security::Plain, None),
@@ -150,7 +181,7 @@ pub async fn start(
                 name: args.reconcile_lease.clone(),
                 message: e.to_string(),
             })?;
-    let (leader, _lease_task) = manager.watch().await;
+    let (leader, lease) = manager.watch().await;
 
     let store = Store::new(decision.recognition.clone());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -161,10 +192,27 @@ pub async fn start(
         resync: Duration::from_secs(args.reconcile_resync_seconds.max(1)),
         pass_budget: Duration::from_secs(args.reconcile_pass_timeout_seconds.max(1)),
     };
-    tokio::spawn(run_loop(
-        store, rx, leader, settings, metrics, reporter, timing,
-    ));
-    Ok(())
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let shared = Shared {
+        settings,
+        metrics,
+        reporter,
+        timing,
+    };
+    let looping = tokio::spawn(run_loop(store, rx, leader, shared, stopped));
+    Ok(Reconciler {
+        stop,
+        lease,
+        looping,
+    })
+}
+
+/// What every pass of the loop shares.
+struct Shared {
+    settings: Arc<pass::Settings>,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    timing: Timing,
 }
 
 #[derive(Clone, Copy)]
@@ -186,11 +234,15 @@ async fn run_loop(
     store: Store,
     mut signals: mpsc::UnboundedReceiver<Signal>,
     mut leader: tokio::sync::watch::Receiver<bool>,
-    settings: Arc<pass::Settings>,
-    metrics: Arc<Metrics>,
-    reporter: Reporter,
-    timing: Timing,
+    shared: Shared,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let Shared {
+        settings,
+        metrics,
+        reporter,
+        timing,
+    } = shared;
     let mut dirty: HashMap<String, Dirty> = HashMap::new();
     let mut running: BTreeSet<String> = BTreeSet::new();
     let mut failures: HashMap<String, u32> = HashMap::new();
@@ -225,6 +277,11 @@ async fn run_loop(
             }
         };
         tokio::select! {
+            // Shutdown: returning drops the Lease receiver, which releases the Lease.
+            _ = &mut stopped => {
+                metrics.instruments().routing_leader.set(0);
+                return;
+            }
             signal = signals.recv() => match signal {
                 Some(Signal::Namespace(ns)) => mark(&mut dirty, ns),
                 Some(Signal::AllNamespaces) => {
