@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use memgraph_address_injector::routing::bolt::{BoltAddress, ConnectOptions, Connection};
+use memgraph_address_injector::routing::table::{Role, RoutingTable};
 use serde_json::json;
 
 use support::chart::{from, wait_for};
@@ -644,7 +645,175 @@ async fn the_chart_runs_on_a_real_node() {
         "the refused eviction left {second} running"
     );
 
-    // 7. The routing reconciler on the node: `helm upgrade` turns it on; the two replicas
+    // 7. Before the fix: a coordinator and two data instances (the Bolt test server in pods
+    // shaped as the chart's, each serving its own instance on 7687) registered under
+    // in-cluster names, created while the reconciler is still off. The routing table an
+    // outside client gets through the coordinator's NodePort names in-cluster addresses, and
+    // the official neo4j driver on the host cannot write through it.
+    let ha = "ha";
+    namespace(&client, ha).await;
+    let ha_services: Api<Service> = Api::namespaced(client.clone(), ha);
+    let mut ports = std::collections::BTreeMap::new();
+    for sts in [
+        "memgraph-coordinator-1",
+        "memgraph-data-0",
+        "memgraph-data-1",
+    ] {
+        ha_services
+            .create(
+                &PostParams::default(),
+                &from(
+                    json!({"metadata": {"name": sts}, "spec": {"clusterIP": "None",
+                    "selector": {"app": sts},
+                    "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
+                ),
+            )
+            .await
+            .expect("the internal Service");
+        let svc = ha_services
+            .create(
+                &PostParams::default(),
+                &external_service(sts, "NodePort", &[7687]),
+            )
+            .await
+            .expect("the external Service");
+        let port = svc.spec.and_then(|s| s.ports).expect("ports")[0]
+            .node_port
+            .expect("a NodePort");
+        ports.insert(sts, port);
+    }
+    let internal = |sts: &str, port: u16| format!("{sts}.{ha}.svc.cluster.local:{port}");
+    // One cluster view in both pods; each pod listens only as its own instance.
+    let cluster_as = |me: &str| {
+        // The others on distinct loopback ports inside the pod (bound, never used).
+        let listen = |name: &str, i: u16| {
+            if name == me {
+                "0.0.0.0:7687".to_string()
+            } else {
+                format!("127.0.0.1:{}", 7690 + i)
+            }
+        };
+        json!({"ttl": 2, "version": "3.8.0", "instances": [
+            {"name": "coordinator_1", "listen": listen("coordinator_1", 0),
+             "bolt_server": internal("memgraph-coordinator-1", 7687),
+             "management_server": internal("memgraph-coordinator-1", 10000),
+             "coordinator_server": internal("memgraph-coordinator-1", 12000),
+             "role": "leader"},
+            {"name": "instance_0", "listen": listen("instance_0", 1),
+             "bolt_server": internal("memgraph-data-0", 7687),
+             "management_server": internal("memgraph-data-0", 10000),
+             "role": "main"},
+            // A replica: the driver refuses a routing table without readers.
+            {"name": "instance_1", "listen": listen("instance_1", 2),
+             "bolt_server": internal("memgraph-data-1", 7687),
+             "management_server": internal("memgraph-data-1", 10000),
+             "role": "replica"}
+        ]})
+    };
+    let ha_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), ha);
+    let ha_pods: Api<Pod> = Api::namespaced(client.clone(), ha);
+    // Pod -> the instance it plays and its role in the cluster view, for the demo's table.
+    let ha_roles = [
+        (
+            "memgraph-coordinator-1-0",
+            "coordinator_1 (coordinator, leader)",
+        ),
+        ("memgraph-data-0-0", "instance_0 (data, main)"),
+        ("memgraph-data-1-0", "instance_1 (data, replica)"),
+    ];
+    let ha_start = Instant::now();
+    for (sts, container, me, args) in [
+        (
+            "memgraph-coordinator-1",
+            "memgraph-coordinator",
+            "coordinator_1",
+            support::chart::coordinator_args(1, ha),
+        ),
+        (
+            "memgraph-data-0",
+            "memgraph-data",
+            "instance_0",
+            support::chart::data_args(),
+        ),
+        (
+            "memgraph-data-1",
+            "memgraph-data",
+            "instance_1",
+            support::chart::data_args(),
+        ),
+    ] {
+        ha_config_maps
+            .create(
+                &PostParams::default(),
+                &from(json!({"metadata": {"name": sts},
+                             "data": {"cluster.json": cluster_as(me).to_string()}})),
+            )
+            .await
+            .expect("the Bolt server's ConfigMap");
+        let pod: Pod = from(json!({
+            "metadata": {"name": format!("{sts}-0"),
+                         "labels": {"app": sts, "role": if container == "memgraph-coordinator" { "coordinator" } else { "data" }}},
+            "spec": {
+                "containers": [{
+                    "name": container,
+                    "image": BOLT_TEST_IMAGE,
+                    "imagePullPolicy": "Never",
+                    // Memgraph's flags, as the chart passes them (the test server ignores them;
+                    // the webhook and the reconciler read them).
+                    "command": ["/usr/bin/python3", "/srv/memgraph_coordinator.py", "/config/cluster.json"],
+                    "args": args,
+                    "stdin": true,
+                    "ports": [{"containerPort": 7687}],
+                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]
+                }],
+                "volumes": [{"name": "config", "configMap": {"name": sts}}],
+                "terminationGracePeriodSeconds": 1
+            }
+        }));
+        ha_pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("a Memgraph-playing HA pod");
+    }
+    let want_coordinator = format!("{NODE_IP}:{}", ports["memgraph-coordinator-1"]);
+    let want_data = format!("{NODE_IP}:{}", ports["memgraph-data-0"]);
+    let want_replica = format!("{NODE_IP}:{}", ports["memgraph-data-1"]);
+    let seed = BoltAddress {
+        host: NODE_IP.into(),
+        port: u16::try_from(ports["memgraph-coordinator-1"]).expect("a port"),
+    };
+    let uri = format!("neo4j://{want_coordinator}");
+    let before = wait_for(
+        Duration::from_secs(120),
+        "the coordinator answering ROUTE through its NodePort",
+        || {
+            let seed = seed.clone();
+            async move { route_table(&seed).await }
+        },
+    )
+    .await;
+    let reachable_in = ha_start.elapsed();
+    assert!(
+        before
+            .entries
+            .iter()
+            .any(|e| e.role == Role::Write && e.address == internal("memgraph-data-0", 7687)),
+        "before the reconciler, the WRITE entry is the in-cluster registration: {before:?}"
+    );
+    let before_reply = driver_reply(&tokio::task::block_in_place(|| {
+        driver_run(&python, &probe, &uri)
+    }));
+    assert!(
+        before_reply["ok"] != true,
+        "the driver wrote through in-cluster names: {before_reply}"
+    );
+    println!("demo: ===== BEFORE the fix (reconciler off; pods reachable {reachable_in:.1?} after creation)");
+    demo_pods(&ha_pods, &ha_roles).await;
+    demo_route(&seed, &before).await;
+    println!("demo: neo4j driver on the host, seeded with {uri}, one write: {before_reply}");
+
+    // 8. The routing reconciler on the node: `helm upgrade` turns it on; the two replicas
     // elect one writer on the Lease (holder = pod name, and exactly that replica reports
     // itself leader); the leader deleted, the other takes the Lease over.
     let before_upgrade: Vec<String> = webhook_pods(&client)
@@ -789,135 +958,9 @@ async fn the_chart_runs_on_a_real_node() {
         "takeover took {takeover_in:?}"
     );
 
-    // 8. The reconciler corrects a registration on the node: a coordinator and a data
-    // instance (the Bolt test server in pods shaped as the chart's, each serving its own
-    // instance on 7687) registered under in-cluster names; the leader replica rewrites both
-    // to `<node IP>:<NodePort>`, and the official neo4j driver on the host, seeded with the
-    // coordinator's NodePort, writes through the corrected table.
-    let ha = "ha";
-    namespace(&client, ha).await;
-    let ha_services: Api<Service> = Api::namespaced(client.clone(), ha);
-    let mut ports = std::collections::BTreeMap::new();
-    for sts in [
-        "memgraph-coordinator-1",
-        "memgraph-data-0",
-        "memgraph-data-1",
-    ] {
-        ha_services
-            .create(
-                &PostParams::default(),
-                &from(
-                    json!({"metadata": {"name": sts}, "spec": {"clusterIP": "None",
-                    "selector": {"app": sts},
-                    "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
-                ),
-            )
-            .await
-            .expect("the internal Service");
-        let svc = ha_services
-            .create(
-                &PostParams::default(),
-                &external_service(sts, "NodePort", &[7687]),
-            )
-            .await
-            .expect("the external Service");
-        let port = svc.spec.and_then(|s| s.ports).expect("ports")[0]
-            .node_port
-            .expect("a NodePort");
-        ports.insert(sts, port);
-    }
-    let internal = |sts: &str, port: u16| format!("{sts}.{ha}.svc.cluster.local:{port}");
-    // One cluster view in both pods; each pod listens only as its own instance.
-    let cluster_as = |me: &str| {
-        // The others on distinct loopback ports inside the pod (bound, never used).
-        let listen = |name: &str, i: u16| {
-            if name == me {
-                "0.0.0.0:7687".to_string()
-            } else {
-                format!("127.0.0.1:{}", 7690 + i)
-            }
-        };
-        json!({"ttl": 2, "version": "3.8.0", "instances": [
-            {"name": "coordinator_1", "listen": listen("coordinator_1", 0),
-             "bolt_server": internal("memgraph-coordinator-1", 7687),
-             "management_server": internal("memgraph-coordinator-1", 10000),
-             "coordinator_server": internal("memgraph-coordinator-1", 12000),
-             "role": "leader"},
-            {"name": "instance_0", "listen": listen("instance_0", 1),
-             "bolt_server": internal("memgraph-data-0", 7687),
-             "management_server": internal("memgraph-data-0", 10000),
-             "role": "main"},
-            // A replica: the driver refuses a routing table without readers.
-            {"name": "instance_1", "listen": listen("instance_1", 2),
-             "bolt_server": internal("memgraph-data-1", 7687),
-             "management_server": internal("memgraph-data-1", 10000),
-             "role": "replica"}
-        ]})
-    };
-    let ha_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(client.clone(), ha);
-    let ha_pods: Api<Pod> = Api::namespaced(client.clone(), ha);
-    let ha_start = Instant::now();
-    for (sts, container, me, args) in [
-        (
-            "memgraph-coordinator-1",
-            "memgraph-coordinator",
-            "coordinator_1",
-            support::chart::coordinator_args(1, ha),
-        ),
-        (
-            "memgraph-data-0",
-            "memgraph-data",
-            "instance_0",
-            support::chart::data_args(),
-        ),
-        (
-            "memgraph-data-1",
-            "memgraph-data",
-            "instance_1",
-            support::chart::data_args(),
-        ),
-    ] {
-        ha_config_maps
-            .create(
-                &PostParams::default(),
-                &from(json!({"metadata": {"name": sts},
-                             "data": {"cluster.json": cluster_as(me).to_string()}})),
-            )
-            .await
-            .expect("the Bolt server's ConfigMap");
-        let pod: Pod = from(json!({
-            "metadata": {"name": format!("{sts}-0"),
-                         "labels": {"app": sts, "role": if container == "memgraph-coordinator" { "coordinator" } else { "data" }}},
-            "spec": {
-                "containers": [{
-                    "name": container,
-                    "image": BOLT_TEST_IMAGE,
-                    "imagePullPolicy": "Never",
-                    // Memgraph's flags, as the chart passes them (the test server ignores them;
-                    // the webhook and the reconciler read them).
-                    "command": ["/usr/bin/python3", "/srv/memgraph_coordinator.py", "/config/cluster.json"],
-                    "args": args,
-                    "stdin": true,
-                    "ports": [{"containerPort": 7687}],
-                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]
-                }],
-                "volumes": [{"name": "config", "configMap": {"name": sts}}],
-                "terminationGracePeriodSeconds": 1
-            }
-        }));
-        ha_pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .expect("a Memgraph-playing HA pod");
-    }
-    let want_coordinator = format!("{NODE_IP}:{}", ports["memgraph-coordinator-1"]);
-    let want_data = format!("{NODE_IP}:{}", ports["memgraph-data-0"]);
-    let want_replica = format!("{NODE_IP}:{}", ports["memgraph-data-1"]);
-    let seed = BoltAddress {
-        host: NODE_IP.into(),
-        port: u16::try_from(ports["memgraph-coordinator-1"]).expect("a port"),
-    };
+    // 9. The fix: the leader replica rewrites the registrations to `<node IP>:<NodePort>`,
+    // and the driver on the host, seeded with the coordinator's NodePort, writes through the
+    // corrected table.
     let mut last = std::collections::BTreeMap::new();
     let mut corrected = false;
     for _ in 0..300 {
@@ -942,8 +985,7 @@ async fn the_chart_runs_on_a_real_node() {
             .map(|p| (p.metadata.name, p.status.map(|s| s.container_statuses)))
             .collect::<Vec<_>>())
     );
-    let corrected_in = ha_start.elapsed();
-    let uri = format!("neo4j://{want_coordinator}");
+    let corrected_in = upgrade_start.elapsed();
     let mut last = String::new();
     let mut reply = None;
     for _ in 0..30 {
@@ -964,10 +1006,17 @@ async fn the_chart_runs_on_a_real_node() {
     let reply =
         reply.unwrap_or_else(|| panic!("the neo4j driver did not write through {uri}: {last}"));
     assert_eq!(reply["server"], want_data.as_str(), "{reply}");
+    let after = route_table(&seed)
+        .await
+        .expect("the coordinator answering ROUTE after the fix");
+    println!("demo: ===== AFTER the fix (helm upgrade --set routing.reconcile.enabled=true; corrected {corrected_in:.1?} after the upgrade began)");
+    demo_pods(&ha_pods, &ha_roles).await;
+    demo_route(&seed, &after).await;
+    println!("demo: neo4j driver on the host, seeded with {uri}, one write: {reply}");
     println!(
         "chart on a real node: reconciler corrected the registrations to {want_coordinator} \
          (coordinator_1), {want_data} (instance_0) and {want_replica} (instance_1) \
-         {corrected_in:.1?} after the pods were created; neo4j driver on the host via {uri} wrote through the table: {reply}"
+         {corrected_in:.1?} after helm upgrade began; neo4j driver on the host via {uri} wrote through the table: {reply}"
     );
 
     let teardown_start = Instant::now();
@@ -978,6 +1027,103 @@ async fn the_chart_runs_on_a_real_node() {
         started.elapsed()
     );
     assert!(left.is_empty(), "the host is not restored: {left:#?}");
+}
+
+/// The routing table an outside client gets: ROUTE through `seed` (the coordinator's
+/// NodePort), as `memgraph-address-injector routing check` asks it.
+async fn route_table(seed: &BoltAddress) -> Option<RoutingTable> {
+    let options = ConnectOptions {
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut conn = Connection::connect(seed, &options).await.ok()?;
+    let rt = conn.route().await.ok()?;
+    conn.close().await;
+    RoutingTable::from_rt(&rt).ok()
+}
+
+/// The probe's reply line (after its version line), or the whole output as an error.
+fn driver_reply(out: &str) -> serde_json::Value {
+    out.lines()
+        .nth(1)
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| json!({"ok": false, "error": out}))
+}
+
+/// `demo:` lines: each HA pod, the instance it plays, and what the webhook injected.
+async fn demo_pods(pods: &Api<Pod>, roles: &[(&str, &str)]) {
+    let list = pods.list(&Default::default()).await.expect("the HA pods");
+    println!(
+        "demo: {:<26} {:<36} {:<34} ANNOTATION {}",
+        "POD",
+        "PLAYS",
+        format!(
+            "ENV {}",
+            memgraph_address_injector::decision::DEFAULT_ENV_NAME
+        ),
+        support::chart::ADDRESS
+    );
+    for pod in &list.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let plays = roles
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("?", |(_, r)| r);
+        let env = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.env.as_ref())
+            .and_then(|e| {
+                e.iter()
+                    .find(|e| e.name == memgraph_address_injector::decision::DEFAULT_ENV_NAME)
+            })
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| "-".into());
+        let annotation = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(support::chart::ADDRESS))
+            .cloned()
+            .unwrap_or_else(|| "-".into());
+        println!("demo: {name:<26} {plays:<36} {env:<34} {annotation}");
+    }
+}
+
+/// `demo:` lines: the ROUTE reply an outside client gets through `seed`, and whether each
+/// address works from outside (an in-cluster name does not resolve there; others are tried).
+async fn demo_route(seed: &BoltAddress, table: &RoutingTable) {
+    println!(
+        "demo: routing table from ROUTE via {}:{} (ttl {}s), as the outside client sees it:",
+        seed.host, seed.port, table.ttl
+    );
+    println!("demo: {:<6} {:<48} FROM OUTSIDE", "ROLE", "ADDRESS");
+    for entry in &table.entries {
+        let host = entry
+            .address
+            .rsplit_once(':')
+            .map_or(entry.address.as_str(), |(h, _)| h);
+        let outside = if host.ends_with(".cluster.local") || host.ends_with(".svc") {
+            "no: an in-cluster name, it does not resolve outside".to_string()
+        } else {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::TcpStream::connect(entry.address.as_str()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => "yes: connects".to_string(),
+                Ok(Err(e)) => format!("no: {e}"),
+                Err(_) => "no: no answer in 2s".to_string(),
+            }
+        };
+        println!(
+            "demo: {:<6} {:<48} {outside}",
+            entry.role.to_string(),
+            entry.address
+        );
+    }
 }
 
 const BOLT_TEST_IMAGE: &str = "localhost/memgraph-bolt-test:3.8.0";
