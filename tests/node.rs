@@ -1019,6 +1019,62 @@ async fn the_chart_runs_on_a_real_node() {
          {corrected_in:.1?} after helm upgrade began; neo4j driver on the host via {uri} wrote through the table: {reply}"
     );
 
+    // A NodePort changed in the running cluster: the reconciler moves the registration, and
+    // the driver on the host follows it after its routing table's ttl.
+    let used: Vec<i32> = ports.values().copied().collect();
+    let moved = (30000..=32767)
+        .rev()
+        .find(|p| !used.contains(p))
+        .expect("a free nodePort");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "replace", "path": "/spec/ports/0/nodePort", "value": moved}
+    ]))
+    .expect("a JSON patch");
+    let changed = Instant::now();
+    ha_services
+        .patch(
+            "memgraph-data-0-external",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+        .expect("the NodePort changed");
+    let want_moved = format!("{NODE_IP}:{moved}");
+    let mut followed = false;
+    for _ in 0..300 {
+        if let Some(now) = show_instances(&seed).await {
+            if now.get("instance_0") == Some(&want_moved) {
+                followed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        followed,
+        "instance_0 was not moved to the new NodePort {want_moved}"
+    );
+    let moved_in = changed.elapsed();
+    let mut reply = None;
+    for _ in 0..30 {
+        let out = tokio::task::block_in_place(|| driver_run(&python, &probe, &uri));
+        if let Some(r) = out
+            .lines()
+            .nth(1)
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["ok"] == true && r["server"] == want_moved.as_str())
+        {
+            reply = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reply = reply.unwrap_or_else(|| panic!("the driver did not write through {want_moved}"));
+    println!(
+        "chart on a real node: a NodePort change ({} -> {moved}) corrected in {moved_in:.1?}; the driver writes through it: {reply}",
+        ports["memgraph-data-0"]
+    );
+
     let teardown_start = Instant::now();
     let left = node.teardown();
     println!(
