@@ -755,6 +755,15 @@ async fn the_chart_runs_on_a_real_node() {
             "metadata": {"name": format!("{sts}-0"),
                          "labels": {"app": sts, "role": if container == "memgraph-coordinator" { "coordinator" } else { "data" }}},
             "spec": {
+                // The chart's privileged init container (it runs `sysctl -w
+                // vm.max_map_count=...`; here a no-op, so the host's sysctls stay as they are).
+                "initContainers": [{
+                    "name": "init-sysctl",
+                    "image": BOLT_TEST_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/usr/bin/python3", "-c", "pass"],
+                    "securityContext": {"privileged": true, "runAsUser": 0}
+                }],
                 "containers": [{
                     "name": container,
                     "image": BOLT_TEST_IMAGE,
@@ -1070,6 +1079,34 @@ async fn the_chart_runs_on_a_real_node() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let reply = reply.unwrap_or_else(|| panic!("the driver did not write through {want_moved}"));
+    // One driver across the routing table's ttl (2 s): a write, then after the ttl a read and
+    // a write, each after the refresh, through the external addresses.
+    let session = tokio::task::block_in_place(|| {
+        driver_session(
+            &python,
+            &probe,
+            &uri,
+            &["write", "read", "write"],
+            TTL_PAUSE,
+        )
+    });
+    let replies: Vec<serde_json::Value> = session
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(replies.len(), 3, "{session}");
+    assert!(replies.iter().all(|r| r["ok"] == true), "{session}");
+    assert_eq!(
+        replies[1]["server"],
+        want_replica.as_str(),
+        "the read: {session}"
+    );
+    assert_eq!(
+        replies[2]["server"],
+        want_moved.as_str(),
+        "the write: {session}"
+    );
     println!(
         "chart on a real node: a NodePort change ({} -> {moved}) corrected in {moved_in:.1?}; the driver writes through it: {reply}",
         ports["memgraph-data-0"]
@@ -1222,6 +1259,45 @@ fn driver_run(python: &std::path::Path, probe: &std::path::Path, uri: &str) -> S
         .take()
         .expect("stdin")
         .write_all(b"write\nquit\n");
+    let out = child.wait_with_output().expect("driver probe");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Past the Bolt test server's routing ttl (2 s), so the driver refreshes between commands.
+const TTL_PAUSE: Duration = Duration::from_millis(2700);
+
+/// One driver (one routing table, refreshed after the ttl) running `commands` with `pause`
+/// between them; its output lines.
+fn driver_session(
+    python: &std::path::Path,
+    probe: &std::path::Path,
+    uri: &str,
+    commands: &[&str],
+    pause: Duration,
+) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .arg(probe)
+        .arg(uri)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the neo4j driver probe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for (i, command) in commands.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        let _ = writeln!(stdin, "{command}");
+        let _ = stdin.flush();
+    }
+    let _ = writeln!(stdin, "quit");
+    drop(stdin);
     let out = child.wait_with_output().expect("driver probe");
     format!(
         "{}{}",
