@@ -16,8 +16,8 @@ use memgraph_bolt::client::{
     BoltAddress, BoltError, ConnectOptions, Connection, Credentials, Transport,
 };
 
-use super::store::{memgraph_role, Snapshot};
-use crate::decision::pod::{self as pod_facts, Role};
+use super::store::{memgraph_facts, Snapshot};
+use crate::decision::pod::Role;
 use crate::decision::Config;
 use crate::metrics::{ReconcileResult, RegistrationState};
 use crate::report::{cut, Notice, ObjectRef, Reporter};
@@ -123,16 +123,8 @@ fn pod_ip(pod: &Pod) -> Option<String> {
 
 /// The pod's Bolt port, as the webhook reads it (flag or variable, else 7687).
 fn bolt_port(pod: &Pod, config: &Config) -> u16 {
-    let raw = serde_json::json!({"metadata": &pod.metadata, "spec": &pod.spec}).to_string();
-    serde_json::from_str::<pod_facts::Pod<'_>>(&raw)
-        .ok()
-        .and_then(|p| {
-            pod_facts::memgraph_pod(&p, &config.recognition)
-                .ok()
-                .flatten()
-                .map(|mg| mg.bolt_port)
-        })
-        .and_then(|p| u16::try_from(p).ok())
+    memgraph_facts(pod, &config.recognition)
+        .and_then(|f| u16::try_from(f.bolt_port).ok())
         .unwrap_or(7687)
 }
 
@@ -238,7 +230,10 @@ pub async fn reconcile(
     let mut coordinators: Vec<&Pod> = snapshot
         .pods
         .iter()
-        .filter(|p| memgraph_role(p, &settings.decision.recognition) == Some(Role::Coordinator))
+        .filter(|p| {
+            memgraph_facts(p, &settings.decision.recognition).map(|f| f.role)
+                == Some(Role::Coordinator)
+        })
         .filter(|p| is_ready(p) && pod_ip(p).is_some())
         .collect();
     coordinators.sort_by_key(|p| p.name_any());

@@ -84,7 +84,7 @@ impl Store {
 
     /// Is this a Memgraph HA pod, as the webhook recognises one?
     pub fn is_memgraph(&self, pod: &Pod) -> bool {
-        memgraph_role(pod, &self.recognition).is_some()
+        memgraph_facts(pod, &self.recognition).is_some()
     }
 
     /// Starts the three watches; they run until the process ends, retried with backoff.
@@ -233,14 +233,24 @@ where
     watcher::watcher(api, watcher::Config::default())
 }
 
-/// The role of a Memgraph HA pod, by the webhook's recognition; `None` for anything else.
-pub fn memgraph_role(pod: &Pod, recognition: &Recognition) -> Option<Role> {
+/// A watched pod's Memgraph facts, as the webhook reads them (`decision::pod`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub role: Role,
+    pub bolt_port: i32,
+}
+
+/// The facts of a Memgraph HA pod, by the webhook's recognition; `None` for anything else.
+pub fn memgraph_facts(pod: &Pod, recognition: &Recognition) -> Option<Facts> {
     let raw = serde_json::json!({"metadata": &pod.metadata, "spec": &pod.spec}).to_string();
     let parsed: pod_facts::Pod<'_> = serde_json::from_str(&raw).ok()?;
     let mg = pod_facts::memgraph_pod(&parsed, recognition).ok()??;
     // HA instances only, as the webhook's matchConditions: a coordinator, or a data
     // instance with a management port.
-    (mg.role == Role::Coordinator || mg.management_port.is_some()).then_some(mg.role)
+    (mg.role == Role::Coordinator || mg.management_port.is_some()).then_some(Facts {
+        role: mg.role,
+        bolt_port: mg.bolt_port,
+    })
 }
 
 /// What a reconcile reads of a pod: IPs, readiness, node, labels, annotations, spec.
