@@ -161,6 +161,24 @@ impl Cluster {
         self.journal_from(0).len()
     }
 
+    /// The journal from `from` once `done` holds for it, or after 5 s whatever it has: the
+    /// server journals what ends a connection (GOODBYE, a failed TLS handshake) only after
+    /// the client has already gone, so a test that reads it at once can race it.
+    fn journal_when(
+        &self,
+        from: usize,
+        done: impl Fn(&[(String, String, Option<String>)]) -> bool,
+    ) -> Vec<(String, String, Option<String>)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let journal = self.journal_from(from);
+            if done(&journal) || std::time::Instant::now() > deadline {
+                return journal;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The cluster view: the chart's Services, Pods and node, with the nodePorts the
     /// listeners got.
     fn cluster_file(&self, dir: &Path) -> PathBuf {
@@ -478,19 +496,11 @@ fn version_negotiation_credentials_and_connection_errors() {
         );
         assert!(stderr.contains("ROUTE memgraph-coordinator-2.default.svc.cluster.local:7687"));
         // HELLO carried the credentials (no LOGON before 5.1), then ROUTE.
-        // The server journals GOODBYE after the client has gone: give it a moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let messages: Vec<String> = loop {
-            let messages: Vec<String> = cluster
-                .journal_from(0)
-                .into_iter()
-                .map(|(_, m, _)| m)
-                .collect();
-            if messages.len() >= 3 || std::time::Instant::now() > deadline {
-                break messages;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let messages: Vec<String> = cluster
+            .journal_when(0, |journal| journal.len() >= 3)
+            .into_iter()
+            .map(|(_, m, _)| m)
+            .collect();
         assert_eq!(
             messages.get(..3),
             Some(&["HELLO".to_string(), "ROUTE".into(), "GOODBYE".into()][..]),
@@ -761,11 +771,13 @@ fn bolt_over_tls_check_sync_and_the_driver() {
     let mark = cluster.journal_len();
     let refused = driver_call(&mut driver, "write");
     assert_eq!(refused["ok"], false, "{refused}");
-    assert!(
-        cluster
-            .journal_from(mark)
+    let handshake_failed = |journal: &[(String, String, Option<String>)]| {
+        journal
             .iter()
-            .any(|(_, message, _)| message == "TLS handshake failed"),
+            .any(|(_, message, _)| message == "TLS handshake failed")
+    };
+    assert!(
+        handshake_failed(&cluster.journal_when(mark, handshake_failed)),
         "the driver gave up in the TLS handshake"
     );
 }
