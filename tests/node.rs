@@ -134,8 +134,10 @@ fn injected(pod: &serde_json::Value) -> Option<String> {
 /// kubelet's volume swap, both replicas serve the new one, no admission fails); the PDB
 /// allows one eviction and refuses the next (429) while one replica is Ready, under load;
 /// `helm upgrade` turns the routing reconciler on: one Lease holder, taken over by the other
-/// replica when the leader is deleted; a coordinator and two data instances (the Bolt test
-/// server in pods) registered under in-cluster names are corrected by the reconciler to the
+/// replica when the leader is deleted; a coordinator and two data instances as the HA chart
+/// renders them (StatefulSets with a privileged init container and a sidecar, the Bolt test
+/// server playing each instance), registered under in-cluster names by the chart's
+/// cluster-setup Job (never sent to the webhook), are corrected by the reconciler to the
 /// node's address and NodePorts, and the neo4j driver on the host writes through that table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_on_a_real_node() {
@@ -645,31 +647,41 @@ async fn the_chart_runs_on_a_real_node() {
         "the refused eviction left {second} running"
     );
 
-    // 7. Before the fix: a coordinator and two data instances (the Bolt test server in pods
-    // shaped as the chart's, each serving its own instance on 7687) registered under
-    // in-cluster names, created while the reconciler is still off. The routing table an
-    // outside client gets through the coordinator's NodePort names in-cluster addresses, and
-    // the official neo4j driver on the host cannot write through it.
+    // 7. Before the fix: the chart's shapes on the node. A coordinator and two data
+    // instances, each a StatefulSet as the chart renders one (privileged init container,
+    // a sidecar, the `memgraph-secrets` env) whose pod runs the Bolt test server as that
+    // instance; then the chart's cluster-setup Job (the Memgraph image, mgconsole's
+    // stand-in) registers them under in-cluster names, as the real Job does for NodePort
+    // tiers. Created while the reconciler is still off: the routing table an outside
+    // client gets through the coordinator's NodePort names in-cluster addresses, and the
+    // official neo4j driver on the host cannot write through it.
     let ha = "ha";
     namespace(&client, ha).await;
     let ha_services: Api<Service> = Api::namespaced(client.clone(), ha);
     let mut ports = std::collections::BTreeMap::new();
+    let mut cluster_ips = std::collections::BTreeMap::new();
     for sts in [
         "memgraph-coordinator-1",
         "memgraph-data-0",
         "memgraph-data-1",
     ] {
-        ha_services
+        // The chart's in-cluster Service (ClusterIP), which the setup Job connects to.
+        let internal_svc = ha_services
             .create(
                 &PostParams::default(),
-                &from(
-                    json!({"metadata": {"name": sts}, "spec": {"clusterIP": "None",
+                &from(json!({"metadata": {"name": sts}, "spec": {
                     "selector": {"app": sts},
-                    "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}}),
-                ),
+                    "ports": [{"name": "tcp-bolt-port", "port": 7687, "targetPort": 7687}]}})),
             )
             .await
             .expect("the internal Service");
+        cluster_ips.insert(
+            sts,
+            internal_svc
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .expect("a ClusterIP"),
+        );
         let svc = ha_services
             .create(
                 &PostParams::default(),
@@ -683,36 +695,22 @@ async fn the_chart_runs_on_a_real_node() {
         ports.insert(sts, port);
     }
     let internal = |sts: &str, port: u16| format!("{sts}.{ha}.svc.cluster.local:{port}");
-    // One cluster view in both pods; each pod listens only as its own instance.
-    let cluster_as = |me: &str| {
-        // The others on distinct loopback ports inside the pod (bound, never used).
-        let listen = |name: &str, i: u16| {
-            if name == me {
-                "0.0.0.0:7687".to_string()
-            } else {
-                format!("127.0.0.1:{}", 7690 + i)
-            }
-        };
-        json!({"ttl": 2, "version": "3.8.0", "instances": [
-            {"name": "coordinator_1", "listen": listen("coordinator_1", 0),
-             "bolt_server": internal("memgraph-coordinator-1", 7687),
-             "management_server": internal("memgraph-coordinator-1", 10000),
+    // Each pod plays its own instance on 7687. The coordinator starts with an empty table
+    // (as Memgraph 3.x does) and learns every registration from the setup Job.
+    let instance_config = |me: &str| match me {
+        "coordinator_1" => json!({"ttl": 2, "version": "3.8.0", "instances": [
+            {"name": "coordinator_1", "listen": "0.0.0.0:7687", "registered": false,
+             "bolt_server": "", "management_server": "",
              "coordinator_server": internal("memgraph-coordinator-1", 12000),
-             "role": "leader"},
-            {"name": "instance_0", "listen": listen("instance_0", 1),
-             "bolt_server": internal("memgraph-data-0", 7687),
-             "management_server": internal("memgraph-data-0", 10000),
-             "role": "main"},
-            // A replica: the driver refuses a routing table without readers.
-            {"name": "instance_1", "listen": listen("instance_1", 2),
-             "bolt_server": internal("memgraph-data-1", 7687),
-             "management_server": internal("memgraph-data-1", 10000),
-             "role": "replica"}
-        ]})
+             "role": "leader"}]}),
+        data => json!({"version": "3.8.0", "instances": [
+            {"name": data, "listen": "0.0.0.0:7687", "bolt_server": "@listen",
+             "management_server": "", "role": "replica"}]}),
     };
     let ha_config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), ha);
     let ha_pods: Api<Pod> = Api::namespaced(client.clone(), ha);
+    let ha_sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), ha);
     // Pod -> the instance it plays and its role in the cluster view, for the demo's table.
     let ha_roles = [
         (
@@ -723,22 +721,22 @@ async fn the_chart_runs_on_a_real_node() {
         ("memgraph-data-1-0", "instance_1 (data, replica)"),
     ];
     let ha_start = Instant::now();
-    for (sts, container, me, args) in [
+    for (sts, role, me, args) in [
         (
             "memgraph-coordinator-1",
-            "memgraph-coordinator",
+            "coordinator",
             "coordinator_1",
             support::chart::coordinator_args(1, ha),
         ),
         (
             "memgraph-data-0",
-            "memgraph-data",
+            "data",
             "instance_0",
             support::chart::data_args(),
         ),
         (
             "memgraph-data-1",
-            "memgraph-data",
+            "data",
             "instance_1",
             support::chart::data_args(),
         ),
@@ -747,44 +745,65 @@ async fn the_chart_runs_on_a_real_node() {
             .create(
                 &PostParams::default(),
                 &from(json!({"metadata": {"name": sts},
-                             "data": {"cluster.json": cluster_as(me).to_string()}})),
+                             "data": {"cluster.json": instance_config(me).to_string()}})),
             )
             .await
             .expect("the Bolt server's ConfigMap");
-        let pod: Pod = from(json!({
-            "metadata": {"name": format!("{sts}-0"),
-                         "labels": {"app": sts, "role": if container == "memgraph-coordinator" { "coordinator" } else { "data" }}},
-            "spec": {
-                // The chart's privileged init container (it runs `sysctl -w
-                // vm.max_map_count=...`; here a no-op, so the host's sysctls stay as they are).
-                "initContainers": [{
-                    "name": "init-sysctl",
-                    "image": BOLT_TEST_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/usr/bin/python3", "-c", "pass"],
-                    "securityContext": {"privileged": true, "runAsUser": 0}
-                }],
-                "containers": [{
-                    "name": container,
-                    "image": BOLT_TEST_IMAGE,
-                    "imagePullPolicy": "Never",
-                    // Memgraph's flags, as the chart passes them (the test server ignores them;
-                    // the webhook and the reconciler read them).
-                    "command": ["/usr/bin/python3", "/srv/memgraph_coordinator.py", "/config/cluster.json"],
-                    "args": args,
-                    "stdin": true,
-                    "ports": [{"containerPort": 7687}],
-                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]
-                }],
-                "volumes": [{"name": "config", "configMap": {"name": sts}}],
-                "terminationGracePeriodSeconds": 1
-            }
-        }));
-        ha_pods
-            .create(&PostParams::default(), &pod)
+        ha_sets
+            .create(
+                &PostParams::default(),
+                &on_the_node(support::chart::chart_statefulset(
+                    sts,
+                    role,
+                    BOLT_TEST_IMAGE,
+                    &args,
+                )),
+            )
             .await
-            .expect("a Memgraph-playing HA pod");
+            .expect("a chart-shaped StatefulSet");
     }
+    // The StatefulSet controller creates the pods; each is admitted with its NodePort.
+    for (pod, sts) in [
+        ("memgraph-coordinator-1-0", "memgraph-coordinator-1"),
+        ("memgraph-data-0-0", "memgraph-data-0"),
+        ("memgraph-data-1-0", "memgraph-data-1"),
+    ] {
+        let running = wait_for(
+            Duration::from_secs(120),
+            &format!("{pod} created by its StatefulSet and Ready"),
+            || {
+                let pods = ha_pods.clone();
+                async move { pods.get(pod).await.ok().filter(is_ready) }
+            },
+        )
+        .await;
+        let owner = running
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| (o.kind.clone(), o.name.clone()));
+        assert_eq!(owner, Some(("StatefulSet".to_string(), sts.to_string())));
+        let value = serde_json::to_value(&running).expect("pod as JSON");
+        assert_eq!(
+            injected(&value),
+            Some(format!("{NODE_IP}:{}", ports[sts])),
+            "{pod}: the webhook's address"
+        );
+    }
+    let setup_job = run_setup_job(
+        &client,
+        ha,
+        &cluster_ips["memgraph-coordinator-1"],
+        &[
+            ("coordinator", "1", "memgraph-coordinator-1"),
+            ("instance", "instance_0", "memgraph-data-0"),
+            ("instance", "instance_1", "memgraph-data-1"),
+        ],
+        "instance_0",
+    )
+    .await;
+    println!("chart on a real node: {setup_job}");
     let want_coordinator = format!("{NODE_IP}:{}", ports["memgraph-coordinator-1"]);
     let want_data = format!("{NODE_IP}:{}", ports["memgraph-data-0"]);
     let want_replica = format!("{NODE_IP}:{}", ports["memgraph-data-1"]);
@@ -1122,6 +1141,142 @@ async fn the_chart_runs_on_a_real_node() {
     assert!(left.is_empty(), "the host is not restored: {left:#?}");
 }
 
+/// A chart-shaped StatefulSet (support::chart) made runnable on the test node without
+/// changing its shape: the Memgraph container runs the Bolt test server with the chart's
+/// flags as its args (the server ignores them; the webhook and the reconciler read them),
+/// the privileged `init-sysctl` init container a no-op (the host's sysctls stay as they
+/// are), the log-shipping sidecar the pause image. Nothing is pulled.
+fn on_the_node(
+    set: k8s_openapi::api::apps::v1::StatefulSet,
+) -> k8s_openapi::api::apps::v1::StatefulSet {
+    let name = set.metadata.name.clone().expect("a StatefulSet name");
+    let mut set = serde_json::to_value(set).expect("StatefulSet as JSON");
+    let spec = set
+        .pointer_mut("/spec/template/spec")
+        .expect("a pod template");
+    let init = &mut spec["initContainers"][0];
+    init["image"] = json!(BOLT_TEST_IMAGE);
+    init["command"] = json!(["/usr/bin/python3", "-c", "pass"]);
+    let memgraph = &mut spec["containers"][0];
+    memgraph["command"] = json!([
+        "/usr/bin/python3",
+        "/srv/memgraph_coordinator.py",
+        "/config/cluster.json"
+    ]);
+    // The server reads commands on stdin and stops at its end: keep it open.
+    memgraph["stdin"] = json!(true);
+    memgraph["volumeMounts"] = json!([{"name": "config", "mountPath": "/config"}]);
+    let sidecar = &mut spec["containers"][1];
+    sidecar["image"] = json!(PAUSE_IMAGE);
+    sidecar.as_object_mut().expect("sidecar").remove("args");
+    for list in ["initContainers", "containers"] {
+        for container in spec[list].as_array_mut().into_iter().flatten() {
+            container["imagePullPolicy"] = json!("Never");
+        }
+    }
+    spec["volumes"] = json!([{"name": "config", "configMap": {"name": name}}]);
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    from(set)
+}
+
+/// The chart's post-install cluster-setup Job (support::chart) on the test node: the
+/// Memgraph image (here the Bolt test image, with bolt_console.py standing in for
+/// mgconsole) registering every instance under its in-cluster name on the coordinator at
+/// `coordinator_ip` (its ClusterIP: the test node has no cluster DNS), then setting `main`.
+/// Waits for it to succeed and checks the webhook never touched its pod (the CEL sends only
+/// HA instances). Returns one line for the log.
+async fn run_setup_job(
+    client: &kube::Client,
+    ns: &str,
+    coordinator_ip: &str,
+    instances: &[(&str, &str, &str)],
+    main: &str,
+) -> String {
+    use k8s_openapi::api::batch::v1::Job;
+    let internal = |sts: &str, port: u16| format!("{sts}.{ns}.svc.cluster.local:{port}");
+    let mut queries: Vec<String> = instances
+        .iter()
+        .map(|(kind, id, sts)| match *kind {
+            "coordinator" => format!(
+                "ADD COORDINATOR {id} WITH CONFIG {{\"bolt_server\": \"{}\", \
+                 \"management_server\": \"{}\", \"coordinator_server\": \"{}\"}};",
+                internal(sts, 7687),
+                internal(sts, 10000),
+                internal(sts, 12000)
+            ),
+            _ => format!(
+                "REGISTER INSTANCE {id} WITH CONFIG {{\"bolt_server\": \"{}\", \
+                 \"management_server\": \"{}\", \"replication_server\": \"{}\"}};",
+                internal(sts, 7687),
+                internal(sts, 10000),
+                internal(sts, 20000)
+            ),
+        })
+        .collect();
+    queries.push(format!("SET INSTANCE {main} TO MAIN;"));
+    let mut job = support::chart::chart_setup_job(BOLT_TEST_IMAGE, ns);
+    let container = &mut job["spec"]["template"]["spec"]["containers"][0];
+    let mut args = vec![
+        "/srv/bolt_console.py".to_string(),
+        coordinator_ip.to_string(),
+        "7687".into(),
+    ];
+    args.extend(queries);
+    container["command"] = json!(["/usr/bin/python3"]);
+    container["args"] = json!(args);
+    container["imagePullPolicy"] = json!("Never");
+    let started = Instant::now();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.create(&PostParams::default(), &from(job))
+        .await
+        .expect("the cluster-setup Job");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let status = wait_for(
+        Duration::from_secs(120),
+        "the cluster-setup Job to finish",
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let status = jobs.get("cluster-setup").await.ok()?.status?;
+                (status.succeeded.unwrap_or(0) + status.failed.unwrap_or(0) > 0).then_some(status)
+            }
+        },
+    )
+    .await;
+    let params = kube::api::ListParams::default().labels("job-name=cluster-setup");
+    let job_pods = pods.list(&params).await.expect("the Job's pods").items;
+    assert_eq!(
+        status.succeeded,
+        Some(1),
+        "the cluster-setup Job failed: {status:?}; its pods: {:?}",
+        job_pods
+            .iter()
+            .map(|p| p.status.as_ref().map(|s| &s.container_statuses))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(job_pods.len(), 1, "one pod for the Job");
+    let pod = serde_json::to_value(&job_pods[0]).expect("pod as JSON");
+    assert_eq!(
+        injected(&pod),
+        None,
+        "the webhook mutated the setup Job's pod"
+    );
+    let env = pod
+        .pointer("/spec/containers/0/env")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !env.to_string().contains("MEMGRAPH_EXTERNAL_BOLT_ADDRESS"),
+        "the setup Job's pod got an address: {env}"
+    );
+    format!(
+        "the chart's cluster-setup Job (the Memgraph image, never sent to the webhook) \
+         registered {} instances under in-cluster names in {:.1?}",
+        instances.len(),
+        started.elapsed()
+    )
+}
+
 /// The routing table an outside client gets: ROUTE through `seed` (the coordinator's
 /// NodePort), as `memgraph-address-injector routing check` asks it.
 async fn route_table(seed: &BoltAddress) -> Option<RoutingTable> {
@@ -1158,10 +1313,19 @@ async fn demo_pods(pods: &Api<Pod>, roles: &[(&str, &str)]) {
     );
     for pod in &list.items {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let plays = roles
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("?", |(_, r)| r);
+        let setup_job = pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("job-name"));
+        let plays = roles.iter().find(|(n, _)| *n == name).map_or(
+            if setup_job {
+                "the chart's setup Job"
+            } else {
+                "?"
+            },
+            |(_, r)| r,
+        );
         let env = pod
             .spec
             .as_ref()

@@ -12,7 +12,12 @@ in-memory instance table, the way Memgraph's coordinators share the Raft state:
   bolt_server, WRITE = the healthy main's, READ = the healthy replicas'; ttl configurable.
 - Coordinator queries: SHOW INSTANCES, SHOW VERSION, and on the leader
   UPDATE CONFIG FOR COORDINATOR <id> {'bolt_server': ..} / FOR INSTANCE <name> {...}
-  (3.8+ syntax: only the bolt_server key). Other queries fail as on a coordinator.
+  (3.8+ syntax: only the bolt_server key), and what the chart's cluster-setup Job sends:
+  ADD COORDINATOR <id> WITH CONFIG {...}, REGISTER INSTANCE <name> WITH CONFIG {...},
+  SET INSTANCE <name> TO MAIN. Other queries fail as on a coordinator.
+- An instance configured with "registered": false is not in the table (SHOW INSTANCES,
+  ROUTE) until ADD COORDINATOR / REGISTER INSTANCE names it; one without "listen" has no
+  listener here (it runs elsewhere, e.g. in its own pod).
 - Data instances answer SHOW VERSION and `RETURN <literal or $param> AS <name>`.
 
 Usage: memgraph_coordinator.py CONFIG.json. Prints one JSON line
@@ -196,6 +201,7 @@ class Cluster:
             inst = dict(spec)
             inst.setdefault("coordinator_server", "")
             inst.setdefault("health", "up")
+            inst.setdefault("registered", True)
             self.instances[inst["name"]] = inst
             self.order.append(inst["name"])
         self.listeners = {}
@@ -308,6 +314,7 @@ class Cluster:
         inst = dict(spec)
         inst.setdefault("coordinator_server", "")
         inst.setdefault("health", "up")
+        inst.setdefault("registered", True)
         with self.lock:
             self.instances[inst["name"]] = inst
             self.order.append(inst["name"])
@@ -323,7 +330,7 @@ class Cluster:
     # -- what coordinators answer
     def routing_table(self):
         with self.lock:
-            insts = [self.instances[n] for n in self.order]
+            insts = [self.instances[n] for n in self.order if self.instances[n]["registered"]]
             route = [i["bolt_server"] for i in insts if i["coordinator_server"]]
             write = [i["bolt_server"] for i in insts if i["role"] == "main" and i["health"] == "up"]
             read = [i["bolt_server"] for i in insts if i["role"] == "replica" and i["health"] == "up"]
@@ -337,8 +344,9 @@ class Cluster:
     def show_instances(self):
         fields = ["name", "bolt_server", "coordinator_server", "management_server", "health", "role", "last_succ_resp_ms"]
         with self.lock:
-            coordinators = [n for n in self.order if self.is_coordinator(n)]
-            data = [n for n in self.order if not self.is_coordinator(n)]
+            registered = [n for n in self.order if self.instances[n]["registered"]]
+            coordinators = [n for n in registered if self.is_coordinator(n)]
+            data = [n for n in registered if not self.is_coordinator(n)]
             rows = [
                 [self.instances[n][f] if f != "last_succ_resp_ms" else 0 for f in fields]
                 for n in coordinators + data
@@ -378,6 +386,51 @@ class Cluster:
                 if name not in self.instances or self.is_coordinator(name):
                     raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: no data instance named {name}")
             self.instances[name]["bolt_server"] = address
+
+
+    def register(self, on, query):
+        """ADD COORDINATOR / REGISTER INSTANCE / SET INSTANCE .. TO MAIN, as the chart's
+        cluster-setup Job sends them (on the leader)."""
+        failure = "Memgraph.ClientError.MemgraphError.MemgraphError"
+        with self.lock:
+            if self.instances[on]["role"] != "leader":
+                raise BoltFailure(failure, "test server: this coordinator is not the leader")
+        m = re.fullmatch(r"\s*SET\s+INSTANCE\s+(\w+)\s+TO\s+MAIN\s*;?\s*", query, re.IGNORECASE)
+        if m:
+            name = m.group(1)
+            if name not in self.instances or self.is_coordinator(name) or not self.instances[name]["registered"]:
+                raise BoltFailure(failure, f"test server: no registered data instance named {name}")
+            self.make_main(name)
+            return
+        m = re.fullmatch(
+            r"\s*(ADD\s+COORDINATOR\s+(\d+)|REGISTER\s+INSTANCE\s+(\w+))\s+WITH\s+CONFIG\s*(\{.*\})\s*;?\s*",
+            query,
+            re.IGNORECASE | re.DOTALL,
+        )
+        if not m:
+            raise BoltFailure("Memgraph.ClientError.Statement.SyntaxError", "test server: malformed registration")
+        config = dict(re.findall(r"['\"](\w+)['\"]\s*:\s*['\"]([^'\"]*)['\"]", m.group(4)))
+        coordinator = m.group(2) is not None
+        name = f"coordinator_{m.group(2)}" if coordinator else m.group(3)
+        needed = ["bolt_server", "management_server", "coordinator_server" if coordinator else "replication_server"]
+        missing = [key for key in needed if not config.get(key)]
+        if missing:
+            raise BoltFailure(failure, f"test server: {name}: missing {', '.join(missing)}")
+        with self.lock:
+            inst = self.instances.get(name)
+            if inst is None:
+                inst = {"name": name, "health": "up", "role": "follower" if coordinator else "replica"}
+                self.instances[name] = inst
+                self.order.append(name)
+                self.connections[name] = set()
+            elif inst["registered"]:
+                raise BoltFailure(failure, f"test server: {name} is already registered")
+            inst["registered"] = True
+            inst["bolt_server"] = config["bolt_server"]
+            inst["management_server"] = config["management_server"]
+            inst["coordinator_server"] = config["coordinator_server"] if coordinator else ""
+            if not coordinator and inst.get("role") not in ("main", "replica"):
+                inst["role"] = "replica"
 
 
 class Session:
@@ -570,6 +623,9 @@ class Session:
             if upper.startswith("UPDATE CONFIG"):
                 self.cluster.update_config(self.name, text)
                 return [], [], "s"
+            if upper.startswith(("ADD COORDINATOR", "REGISTER INSTANCE", "SET INSTANCE")):
+                self.cluster.register(self.name, text)
+                return [], [], "s"
             raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", "Coordinator can run only coordinator queries!")
         m = re.fullmatch(r"RETURN\s+(\$\w+|-?\d+|'[^']*')\s+AS\s+(\w+)", text, re.IGNORECASE)
         if not m:
@@ -590,7 +646,7 @@ def main():
     with open(sys.argv[1]) as f:
         config = json.load(f)
     cluster = Cluster(config)
-    bound = {name: cluster.listen(name) for name in cluster.order}
+    bound = {name: cluster.listen(name) for name in cluster.order if cluster.instances[name].get("listen")}
     print(json.dumps({"listening": bound}), flush=True)
     for line in sys.stdin:
         words = line.split()
