@@ -6,15 +6,14 @@ connection, and stops at the first failure.
 Usage: bolt_console.py HOST PORT QUERY... (credentials from MEMGRAPH_USER and
 MEMGRAPH_PASSWORD when set, as the chart's Job passes them). Prints one line per query
 ("ok QUERY" or "error CODE: MESSAGE"); exit 0 when every query succeeded, 1 otherwise.
-Standard library only; PackStream from memgraph_coordinator.py next to it.
+Standard library only; PackStream and Bolt framing from memgraph_coordinator.py next to it.
 """
 
 import os
 import socket
-import struct
 import sys
 
-from memgraph_coordinator import FAILURE, SUCCESS, Structure, Unpacker, pack
+from memgraph_coordinator import FAILURE, SUCCESS, recv_exact, recv_message, send_message
 
 HELLO, LOGON, RUN, PULL, GOODBYE = 0x01, 0x6A, 0x10, 0x3F, 0x02
 
@@ -25,41 +24,19 @@ class Connection:
         offers = [(5, 2), (4, 3), (4, 1), (4, 0)]
         handshake = b"\x60\x60\xB0\x17" + b"".join(bytes([0, 0, minor, major]) for major, minor in offers)
         self.sock.sendall(handshake)
-        agreed = self.read_exact(4)
+        agreed = recv_exact(self.sock, 4)
         if agreed == b"\x00\x00\x00\x00":
             raise ConnectionError("no common Bolt version")
         self.version = (agreed[3], agreed[2])
 
-    def read_exact(self, n):
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("the server closed the connection")
-            data += chunk
-        return data
-
     def send(self, tag, *fields):
-        body = bytearray()
-        pack(Structure(tag, list(fields)), body)
-        self.sock.sendall(struct.pack(">H", len(body)) + bytes(body) + b"\x00\x00")
-
-    def receive(self):
-        data = b""
-        while True:
-            size = struct.unpack(">H", self.read_exact(2))[0]
-            if size == 0:
-                if data:
-                    break
-                continue
-            data += self.read_exact(size)
-        return Unpacker(data).value()
+        send_message(self.sock, tag, *fields)
 
     def request(self, tag, *fields):
         """Send one message, read up to its summary; raise on FAILURE."""
         self.send(tag, *fields)
         while True:
-            reply = self.receive()
+            reply = recv_message(self.sock)
             if reply.tag == SUCCESS:
                 return reply.fields[0]
             if reply.tag == FAILURE:

@@ -169,6 +169,47 @@ class Unpacker:
         return result
 
 
+# ---------------------------------------------------------------- Bolt framing (both sides)
+
+
+def recv_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def recv_message(conn):
+    """One chunked Bolt message (NOOP chunks skipped), decoded."""
+    data = b""
+    while True:
+        size = struct.unpack(">H", recv_exact(conn, 2))[0]
+        if size == 0:
+            if data:
+                break
+            continue  # NOOP
+        data += recv_exact(conn, size)
+    unpacker = Unpacker(data)
+    message = unpacker.value()
+    if not isinstance(message, Structure) or unpacker.pos != len(data):
+        raise ValueError("not a Bolt message")
+    return message
+
+
+def send_message(conn, tag, *fields):
+    body = bytearray()
+    pack(Structure(tag, list(fields)), body)
+    out = bytearray()
+    for i in range(0, len(body), 0xFFFF):
+        chunk = body[i : i + 0xFFFF]
+        out += struct.pack(">H", len(chunk)) + chunk
+    out += b"\x00\x00"
+    conn.sendall(out)
+
+
 # ---------------------------------------------------------------- the cluster
 
 SUCCESS, RECORD, IGNORED, FAILURE = 0x70, 0x71, 0x7E, 0x7F
@@ -371,30 +412,32 @@ class Cluster:
         if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", address):
             raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: invalid bolt_server {address}")
         with self.lock:
-            leader = next((n for n in self.order if self.instances[n]["role"] == "leader"), None)
-            if self.instances[on]["role"] != "leader":
-                raise BoltFailure(
-                    "Memgraph.ClientError.MemgraphError.MemgraphError",
-                    f"test server: this coordinator is not the leader; the current leader is {leader}",
-                )
+            self.require_leader(on)
             if m.group(2) is not None:
                 name = f"coordinator_{m.group(2)}"
-                if name not in self.instances or not self.is_coordinator(name):
+                if name not in self.instances or not self.is_coordinator(name) or not self.instances[name]["registered"]:
                     raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: no coordinator with id {m.group(2)}")
             else:
                 name = m.group(3)
-                if name not in self.instances or self.is_coordinator(name):
+                if name not in self.instances or self.is_coordinator(name) or not self.instances[name]["registered"]:
                     raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: no data instance named {name}")
             self.instances[name]["bolt_server"] = address
 
+    def require_leader(self, on):
+        """Writes go to the leader (3.8; later versions forward them). Call with the lock held."""
+        if self.instances[on]["role"] != "leader":
+            leader = next((n for n in self.order if self.instances[n]["role"] == "leader"), None)
+            raise BoltFailure(
+                "Memgraph.ClientError.MemgraphError.MemgraphError",
+                f"test server: this coordinator is not the leader; the current leader is {leader}",
+            )
 
     def register(self, on, query):
         """ADD COORDINATOR / REGISTER INSTANCE / SET INSTANCE .. TO MAIN, as the chart's
         cluster-setup Job sends them (on the leader)."""
         failure = "Memgraph.ClientError.MemgraphError.MemgraphError"
         with self.lock:
-            if self.instances[on]["role"] != "leader":
-                raise BoltFailure(failure, "test server: this coordinator is not the leader")
+            self.require_leader(on)
         m = re.fullmatch(r"\s*SET\s+INSTANCE\s+(\w+)\s+TO\s+MAIN\s*;?\s*", query, re.IGNORECASE)
         if m:
             name = m.group(1)
@@ -445,42 +488,11 @@ class Session:
         self.pending = None  # (fields, rows, type) of the last RUN
         self.in_tx = False
 
-    def read_exact(self, n):
-        data = b""
-        while len(data) < n:
-            chunk = self.conn.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data
-
-    def read_message(self):
-        data = b""
-        while True:
-            size = struct.unpack(">H", self.read_exact(2))[0]
-            if size == 0:
-                if data:
-                    break
-                continue  # NOOP
-            data += self.read_exact(size)
-        unpacker = Unpacker(data)
-        message = unpacker.value()
-        if not isinstance(message, Structure) or unpacker.pos != len(data):
-            raise ValueError("not a Bolt message")
-        return message
-
     def send(self, tag, *fields):
-        body = bytearray()
-        pack(Structure(tag, list(fields)), body)
-        out = bytearray()
-        for i in range(0, len(body), 0xFFFF):
-            chunk = body[i : i + 0xFFFF]
-            out += struct.pack(">H", len(chunk)) + chunk
-        out += b"\x00\x00"
-        self.conn.sendall(out)
+        send_message(self.conn, tag, *fields)
 
     def handshake(self):
-        data = self.read_exact(20)
+        data = recv_exact(self.conn, 20)
         if data[:4] != b"\x60\x60\xB0\x17":
             raise ConnectionError("not Bolt")
         for i in range(4):
@@ -516,7 +528,7 @@ class Session:
                 self.start_tls()
             self.handshake()
             while self.state != "DEFUNCT":
-                self.handle(self.read_message())
+                self.handle(recv_message(self.conn))
         except (ConnectionError, OSError, ValueError):
             pass
         finally:
