@@ -124,11 +124,14 @@ async fn against_a_real_control_plane() {
     eprintln!("scenario 7 (manifests accepted by server-side dry run) passed");
     least_privilege(&client).await;
     eprintln!("least privilege (RBAC by SubjectAccessReview, restricted Pod Security) passed");
+    // The caBundle trusts the next CA before the API server restarts, so the restarted server
+    // has it for sure when the certificate is rotated below.
+    let next_certs = trust_the_next_ca(&client, &webhook).await;
     let outage = Instant::now();
     apiserver_restart(&client, &mut plane, &webhook).await;
     eprintln!("API server restart passed in {:.1?}", outage.elapsed());
     audit_annotations_recorded(&plane);
-    rotation_through_the_api_server(&client, &webhook).await;
+    rotation_through_the_api_server(&client, &webhook, &next_certs).await;
     // Last: it stops the webhook.
     webhook_down(&client, &mut webhook).await;
     eprintln!(
@@ -797,10 +800,9 @@ async fn webhook_down(client: &Client, webhook: &mut Webhook) {
     }
 }
 
-/// Certificate rotation under load, with the API server as the client: while pods are
-/// admitted through the webhook, its certificate files are replaced (the caBundle already
-/// trusts the old and the new CA, as during a real CA rollover). No admission fails.
-async fn rotation_through_the_api_server(client: &Client, webhook: &Webhook) {
+/// The first step of a CA rollover: a new CA and serving pair (in the returned directory),
+/// and the caBundle trusting the old and the new CA.
+async fn trust_the_next_ca(client: &Client, webhook: &Webhook) -> std::path::PathBuf {
     use base64::Engine;
     let next = webhook.certs.parent().unwrap().join("rotated-certs");
     gen_certs(&next, &["127.0.0.1"]);
@@ -817,8 +819,18 @@ async fn rotation_through_the_api_server(client: &Client, webhook: &Webhook) {
         )
         .await
         .expect("caBundle with both CAs");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    next
+}
 
+/// Certificate rotation under load, with the API server as the client: while pods are
+/// admitted through the webhook, its certificate files are replaced by the pair in `next`
+/// (the caBundle already trusts the old and the new CA: `trust_the_next_ca`). No admission
+/// fails.
+async fn rotation_through_the_api_server(
+    client: &Client,
+    webhook: &Webhook,
+    next: &std::path::Path,
+) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for worker in 0..4 {

@@ -1049,7 +1049,17 @@ async fn the_chart_runs_on_a_real_node() {
 
     // A NodePort changed in the running cluster: the reconciler moves the registration, and
     // the driver on the host follows it after its routing table's ttl.
-    let used: Vec<i32> = ports.values().copied().collect();
+    // Every nodePort in use on the cluster (the allocator hands out the top of the range too).
+    let used: Vec<i32> = Api::<Service>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("all Services")
+        .items
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.ports.as_ref())
+        .flatten()
+        .filter_map(|p| p.node_port)
+        .collect();
     let moved = (30000..=32767)
         .rev()
         .find(|p| !used.contains(p))

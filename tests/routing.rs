@@ -142,8 +142,10 @@ impl Cluster {
 
     /// Journal entries (instance, message, query) from entry `from` on.
     fn journal_from(&self, from: usize) -> Vec<(String, String, Option<String>)> {
-        std::fs::read_to_string(&self.journal)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.journal).unwrap_or_default();
+        // A line the server is still writing is not an entry yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        complete
             .lines()
             .skip(from)
             .map(|l| {
@@ -356,6 +358,7 @@ fn in_cluster_addresses_break_the_driver_and_routing_sync_fixes_them() {
         cluster
             .journal_from(from)
             .into_iter()
+            .filter(|(_, message, _)| message == "RUN")
             .filter_map(|(instance, _, query)| {
                 query
                     .filter(|q| q.starts_with("UPDATE CONFIG"))
@@ -700,8 +703,9 @@ fn bolt_over_tls_check_sync_and_the_driver() {
     let updates_on_leader = cluster
         .journal_from(mark)
         .into_iter()
-        .filter(|(instance, _, query)| {
+        .filter(|(instance, message, query)| {
             instance == "coordinator_1"
+                && message == "RUN"
                 && query
                     .as_deref()
                     .is_some_and(|q| q.starts_with("UPDATE CONFIG"))

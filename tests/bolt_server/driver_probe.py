@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--password", default="")
     args = parser.parse_args()
     auth = (args.user, args.password) if args.user else None
-    driver = neo4j.GraphDatabase.driver(args.uri, auth=auth, connection_timeout=2.0, connection_acquisition_timeout=10.0)
+    driver = neo4j.GraphDatabase.driver(args.uri, auth=auth, connection_timeout=5.0, connection_acquisition_timeout=10.0)
     print(json.dumps({"driver": neo4j.__version__}), flush=True)
     count = 0
     for line in sys.stdin:

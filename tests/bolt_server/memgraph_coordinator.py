@@ -26,7 +26,9 @@ one per line, each answered by "ok ..." or "error ...":
   down NAME     close NAME's listener and connections, mark it down
   up NAME       listen again on the same address, mark it up
   leader NAME   make coordinator NAME the leader (a Raft election)
-A journal of every request (JSON lines: instance, message, query) goes to config["journal"].
+A journal of every request (JSON lines: instance, message, query) goes to config["journal"];
+a request answered with FAILURE is followed by an entry with message "FAILURE" (and the
+query, for a RUN).
 
 TLS (Memgraph with --bolt-cert-file/--bolt-key-file): config["tls"] = {"cert": PEM file,
 "key": PEM file} makes every listener TLS-only, as Memgraph's Bolt port is then. A client
@@ -567,6 +569,8 @@ class Session:
         try:
             self.dispatch(tag, name, fields)
         except BoltFailure as failure:
+            # Journaled too, so a test can tell a refused statement from an executed one.
+            self.cluster.journal(self.name, "FAILURE", query)
             self.send(FAILURE, {"code": failure.code, "message": failure.message})
             self.state = "DEFUNCT" if self.state in ("CONNECTED", "AUTHENTICATION") else "FAILED"
             self.pending = None

@@ -147,11 +147,13 @@ pub fn count(docs: &[Value], kind: &str) -> usize {
     docs.iter().filter(|d| d["kind"] == kind).count()
 }
 
-/// Creates every CRD in tests/fixtures/crds and waits until each is Established.
+/// Creates every CRD in tests/fixtures/crds and waits until each is Established and served
+/// by discovery (the discovery controller can lag behind the condition).
 pub async fn create_crds(client: &Client) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crds");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
+    let mut kinds = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/fixtures/crds")
         .map(|e| e.expect("entry").path())
@@ -162,6 +164,13 @@ pub async fn create_crds(client: &Client) {
         for doc in documents_of_file(&file) {
             let crd: CustomResourceDefinition = serde_json::from_value(doc).expect("a CRD");
             let name = crd.metadata.name.clone().expect("CRD name");
+            for version in crd.spec.versions.iter().filter(|v| v.served) {
+                kinds.push(GroupVersionKind::gvk(
+                    &crd.spec.group,
+                    &version.name,
+                    &crd.spec.names.kind,
+                ));
+            }
             api.create(&PostParams::default(), &crd)
                 .await
                 .unwrap_or_else(|e| panic!("CRD {name} from {}: {e}", file.display()));
@@ -183,6 +192,18 @@ pub async fn create_crds(client: &Client) {
         )
         .await;
     }
+    wait_for(
+        Duration::from_secs(30),
+        "every CRD's kind in discovery",
+        || async {
+            let discovery = Discovery::new(client.clone()).run().await.ok()?;
+            kinds
+                .iter()
+                .all(|gvk| discovery.resolve_gvk(gvk).is_some())
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Server-side apply of each document with `dryRun=All` and `fieldValidation=Strict`: the
