@@ -748,6 +748,49 @@ async fn changes_are_corrected() {
         .await
         .unwrap();
 
+    // 6b. A Node address that is not a host: with every usable Node's ExternalIP carrying a
+    //     port, the entries are refused with an Event naming the Node, nothing is written,
+    //     and they do not fall back to an InternalIP. The addresses restored, nothing moves.
+    let writes = c.server.updates().len();
+    let set_addresses = |suffix: &'static str| {
+        let client = client.clone();
+        async move {
+            for (node, internal, ip) in [
+                ("node-b", "10.0.0.11", "127.0.11.2"),
+                ("node-c", "10.0.0.12", "127.0.11.3"),
+            ] {
+                let status = json!({"status": {"addresses": [
+                    {"type": "InternalIP", "address": internal},
+                    {"type": "ExternalIP", "address": format!("{ip}{suffix}")}]}});
+                Api::<Node>::all(client.clone())
+                    .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    set_addresses(":7687").await;
+    let refused = wait_event(
+        &client,
+        "memgraph-data-0-0",
+        "RoutingAddressRefused",
+        "status.addresses",
+    )
+    .await;
+    assert!(
+        refused.contains("ExternalIP") && refused.contains(":7687\""),
+        "{refused}"
+    );
+    assert_eq!(c.server.updates().len(), writes, "nothing written");
+    assert!(external_nodeports(
+        &registered().await,
+        "127.0.11.3",
+        &ports
+    ));
+    set_addresses("").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.server.updates().len(), writes, "nothing moved");
+
     // 7. A wrong password: an Event and a metric; the webhook stays ready.
     std::fs::write(&c.password_file, "wrong\n").unwrap();
     set_node_ready(&client, "node-c", false).await;

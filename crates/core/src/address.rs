@@ -63,6 +63,32 @@ pub enum Resolution {
     Unusable(String),
 }
 
+/// The first of `nodes` with an address of `address_type` that is not a host, as an error
+/// naming the Service, the Node and the value. A Node's status is input too: such a value is
+/// refused by name rather than silently falling back to another address type, which would
+/// turn an external address into an internal one.
+fn node_address_not_a_host<'a>(
+    mut nodes: impl Iterator<Item = &'a NodeView>,
+    address_type: &str,
+    svc: &ServiceView,
+) -> Option<String> {
+    nodes.find_map(|n| {
+        n.addresses
+            .iter()
+            .filter(|(t, _)| t == address_type)
+            .find_map(|(_, a)| validate_host(a).err().map(|why| (a, why)))
+            .map(|(a, why)| {
+                format!(
+                    "NodePort Service {}/{}: node {}'s {address_type} {a:?} is not a usable host: {why}; fix the Node's status.addresses or set the Service annotation {}",
+                    svc.namespace,
+                    svc.name,
+                    n.name,
+                    super::view::EXTERNAL_HOST_ANNOTATION
+                )
+            })
+    })
+}
+
 /// Checks a host taken from the cluster, naming the Service and the field in the error.
 fn checked(svc: &ServiceView, field: &str, host: &str) -> Result<(), String> {
     validate_host(host).map(|_| ()).map_err(|why| {
@@ -247,6 +273,11 @@ pub fn resolve(
                         if let Some(host) = pick {
                             return node_found(node, address_type, host.clone(), warnings);
                         }
+                        if let Some(why) =
+                            node_address_not_a_host(std::iter::once(node), address_type, svc)
+                        {
+                            return Resolution::Unusable(why);
+                        }
                     }
                     return Resolution::Pending(format!(
                         "Service {} has externalTrafficPolicy: Local and the pod's node {name} has no address of type {}",
@@ -281,6 +312,9 @@ pub fn resolve(
                     });
                 if let Some((node, host)) = pick {
                     return node_found(node, address_type, host, warnings);
+                }
+                if let Some(why) = node_address_not_a_host(usable(), address_type, svc) {
+                    return Resolution::Unusable(why);
                 }
             }
             Resolution::Pending(format!(

@@ -860,6 +860,49 @@ fn node_addresses_that_are_not_hosts_are_skipped() {
     let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
     let address = r.annotation(ADDRESS_ANNOTATION).expect("an address");
     assert!(!address.contains(' '), "{address}");
+    assert_eq!(r.decision.outcome, Outcome::Injected);
+}
+
+#[test]
+fn when_every_node_address_of_a_type_is_not_a_host_the_pod_is_refused_by_name() {
+    let mut cluster = state("nodeport.yaml");
+    let names: Vec<String> = cluster.nodes().map(|n| n.name.clone()).collect();
+    for name in &names {
+        let mut node = cluster.nodes().find(|n| &n.name == name).unwrap().clone();
+        for (kind, address) in &mut node.addresses {
+            if kind == "ExternalIP" {
+                *address = format!("{address}:7687");
+            }
+        }
+        cluster.upsert_node(node);
+    }
+    // Ready nodes with an InternalIP remain (node-a, node-b), so a fallback was possible.
+    assert!(cluster
+        .nodes()
+        .any(|n| n.ready && n.addresses.iter().any(|(kind, _)| kind == "InternalIP")));
+    let pod = pod_value("pods/data-3x.yaml");
+    let r = run_with(pod.clone(), &cluster, &Config::default());
+    // Not the InternalIP instead: that would turn an external address into an internal one.
+    assert_eq!(r.decision.outcome, Outcome::InvalidHost);
+    assert!(r.decision.patch.is_empty(), "{:?}", r.decision.patch);
+    let denial = r.decision.denial.expect("denied");
+    assert!(
+        denial.contains("ExternalIP")
+            && denial.contains(":7687")
+            && denial.contains("status.addresses"),
+        "{denial}"
+    );
+    assert!(
+        names.iter().any(|n| denial.contains(n.as_str())),
+        "{denial}"
+    );
+    let allow = Config {
+        on_pending: OnPending::Allow,
+        ..Config::default()
+    };
+    let r = run_with(pod, &cluster, &allow);
+    assert!(r.decision.denial.is_none() && r.decision.patch.is_empty());
+    assert!(r.warned("ExternalIP"), "{:?}", r.decision.warnings);
 }
 
 #[test]
