@@ -586,7 +586,9 @@ async fn past_the_in_flight_cap_requests_get_a_clear_503() {
         tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
     };
     // Until the held request has its slot (TLS and headers can take a while on a loaded
-    // machine), another one may still get it and be answered: ask again until refused.
+    // machine), another one may still get it and be answered: after a head start, ask
+    // again until refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let second = loop {
         let second = client
@@ -596,6 +598,10 @@ async fn past_the_in_flight_cap_requests_get_a_clear_503() {
             .send()
             .await
             .unwrap();
+        assert!(
+            !held.is_finished(),
+            "the held request lost the race for the one slot"
+        );
         if second.status() != 200 || tokio::time::Instant::now() > deadline {
             break second;
         }

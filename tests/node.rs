@@ -1235,6 +1235,8 @@ async fn run_setup_job(
     container["command"] = json!(["/usr/bin/python3"]);
     container["args"] = json!(args);
     container["imagePullPolicy"] = json!("Never");
+    // On failure its output (bolt_console's `error ...` line) is in the container status.
+    container["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
     let started = Instant::now();
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     jobs.create(&PostParams::default(), &from(job))

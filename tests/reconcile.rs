@@ -748,28 +748,30 @@ async fn changes_are_corrected() {
         .await
         .unwrap();
 
-    // 6b. A Node address that is not a host: with every usable Node's ExternalIP carrying a
-    //     port, the entries are refused with an Event naming the Node, nothing is written,
-    //     and they do not fall back to an InternalIP. The addresses restored, nothing moves.
+    // 6b. A Node address that is not a host. node-b NotReady first, so every entry is on
+    //     node-c (one Node: its address changes in one update). node-c's ExternalIP then
+    //     carries a port: the entries are refused with an Event naming the Node, nothing is
+    //     written, and they do not fall back to node-c's InternalIP. Restored, nothing moves.
+    set_node_ready(&client, "node-b", false).await;
+    until("every NodePort entry on node-c", |now| {
+        external_nodeports(now, "127.0.11.3", &ports)
+            && now.get("instance_2") == Some(&format!("127.0.11.3:{port}"))
+    })
+    .await;
     let writes = c.server.updates().len();
-    let set_addresses = |suffix: &'static str| {
+    let set_node_c_external = |address: &'static str| {
         let client = client.clone();
         async move {
-            for (node, internal, ip) in [
-                ("node-b", "10.0.0.11", "127.0.11.2"),
-                ("node-c", "10.0.0.12", "127.0.11.3"),
-            ] {
-                let status = json!({"status": {"addresses": [
-                    {"type": "InternalIP", "address": internal},
-                    {"type": "ExternalIP", "address": format!("{ip}{suffix}")}]}});
-                Api::<Node>::all(client.clone())
-                    .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
-                    .await
-                    .unwrap();
-            }
+            let status = json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.12"},
+                {"type": "ExternalIP", "address": address}]}});
+            Api::<Node>::all(client)
+                .patch_status("node-c", &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .unwrap();
         }
     };
-    set_addresses(":7687").await;
+    set_node_c_external("127.0.11.3:7687").await;
     let refused = wait_event(
         &client,
         "memgraph-data-0-0",
@@ -778,16 +780,15 @@ async fn changes_are_corrected() {
     )
     .await;
     assert!(
-        refused.contains("ExternalIP") && refused.contains(":7687\""),
+        refused.contains("node node-c's ExternalIP")
+            && refused.contains("\"127.0.11.3:7687\" carries a port"),
         "{refused}"
     );
     assert_eq!(c.server.updates().len(), writes, "nothing written");
-    assert!(external_nodeports(
-        &registered().await,
-        "127.0.11.3",
-        &ports
-    ));
-    set_addresses("").await;
+    let now = registered().await;
+    assert!(external_nodeports(&now, "127.0.11.3", &ports), "{now:?}");
+    set_node_c_external("127.0.11.3").await;
+    set_node_ready(&client, "node-b", true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.server.updates().len(), writes, "nothing moved");
 

@@ -4,7 +4,8 @@ queries into mgconsole; this runs each query given as an argument, in order, on 
 connection, and stops at the first failure.
 
 Usage: bolt_console.py HOST PORT QUERY... (credentials from MEMGRAPH_USER and
-MEMGRAPH_PASSWORD when set, as the chart's Job passes them). Prints one line per query
+MEMGRAPH_PASSWORD when set, as the chart's Job passes them). The connection is retried for
+up to 60 s: a Job may start before the coordinator listens or its Service is routed. Prints one line per query
 ("ok QUERY" or "error CODE: MESSAGE"); exit 0 when every query succeeded, 1 otherwise.
 Standard library only; PackStream and Bolt framing from memgraph_coordinator.py next to it.
 """
@@ -12,15 +13,24 @@ Standard library only; PackStream and Bolt framing from memgraph_coordinator.py 
 import os
 import socket
 import sys
+import time
 
-from memgraph_coordinator import FAILURE, SUCCESS, recv_exact, recv_message, send_message
+from memgraph_coordinator import FAILURE, IGNORED, SUCCESS, recv_exact, recv_message, send_message
 
 HELLO, LOGON, RUN, PULL, GOODBYE = 0x01, 0x6A, 0x10, 0x3F, 0x02
 
 
 class Connection:
     def __init__(self, host, port):
-        self.sock = socket.create_connection((host, port), timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.sock = socket.create_connection((host, port), timeout=10)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         offers = [(5, 2), (4, 3), (4, 1), (4, 0)]
         handshake = b"\x60\x60\xB0\x17" + b"".join(bytes([0, 0, minor, major]) for major, minor in offers)
         self.sock.sendall(handshake)
@@ -42,6 +52,8 @@ class Connection:
             if reply.tag == FAILURE:
                 meta = reply.fields[0]
                 raise RuntimeError(f"{meta.get('code')}: {meta.get('message')}")
+            if reply.tag == IGNORED:
+                raise RuntimeError("the server ignored the request (an earlier failure)")
 
 
 def main():

@@ -76,10 +76,15 @@ fn node_address_not_a_host<'a>(
         n.addresses
             .iter()
             .filter(|(t, _)| t == address_type)
-            .find_map(|(_, a)| validate_host(a).err().map(|why| (a, why)))
-            .map(|(a, why)| {
+            .find_map(|(_, a)| validate_host(a).err())
+            .map(|why| {
+                // The annotation's advice ("give the host alone") does not fit a Node.
+                let what = match why {
+                    HostError::HasPort(value) => format!("{value:?} carries a port"),
+                    other => other.to_string(),
+                };
                 format!(
-                    "NodePort Service {}/{}: node {}'s {address_type} {a:?} is not a usable host: {why}; fix the Node's status.addresses or set the Service annotation {}",
+                    "NodePort Service {}/{}: node {}'s {address_type} address is not a usable host ({what}); fix the Node's status.addresses or set the Service annotation {}",
                     svc.namespace,
                     svc.name,
                     n.name,

@@ -847,20 +847,27 @@ fn external_dns_lists_skip_wildcards() {
 #[test]
 fn node_addresses_that_are_not_hosts_are_skipped() {
     let mut cluster = state("nodeport.yaml");
-    let names: Vec<String> = cluster.nodes().map(|n| n.name.clone()).collect();
-    for name in &names {
-        let mut node = cluster.nodes().find(|n| &n.name == name).unwrap().clone();
-        for (kind, address) in &mut node.addresses {
-            if kind == "ExternalIP" && name == &names[0] {
-                *address = "203.0.113.10 --evil".into();
-            }
+    // node-a (Ready) gets a bad ExternalIP, node-b (Ready) a good one: node-b is used.
+    let node = |cluster: &view::ClusterState, name: &str| {
+        cluster.nodes().find(|n| n.name == name).unwrap().clone()
+    };
+    let mut a = node(&cluster, "node-a");
+    assert!(a.ready);
+    for (kind, address) in &mut a.addresses {
+        if kind == "ExternalIP" {
+            *address = "203.0.113.10 --evil".into();
         }
-        cluster.upsert_node(node);
     }
+    cluster.upsert_node(a);
+    let mut b = node(&cluster, "node-b");
+    assert!(b.ready);
+    b.addresses
+        .push(("ExternalIP".into(), "203.0.113.11".into()));
+    cluster.upsert_node(b);
     let r = run_with(pod_value("pods/data-3x.yaml"), &cluster, &Config::default());
-    let address = r.annotation(ADDRESS_ANNOTATION).expect("an address");
-    assert!(!address.contains(' '), "{address}");
     assert_eq!(r.decision.outcome, Outcome::Injected);
+    let address = r.annotation(ADDRESS_ANNOTATION).expect("an address");
+    assert!(address.starts_with("203.0.113.11:"), "{address}");
 }
 
 #[test]
@@ -888,7 +895,7 @@ fn when_every_node_address_of_a_type_is_not_a_host_the_pod_is_refused_by_name() 
     let denial = r.decision.denial.expect("denied");
     assert!(
         denial.contains("ExternalIP")
-            && denial.contains(":7687")
+            && denial.contains(":7687\" carries a port")
             && denial.contains("status.addresses"),
         "{denial}"
     );
