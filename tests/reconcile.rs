@@ -759,19 +759,19 @@ async fn changes_are_corrected() {
     })
     .await;
     let writes = c.server.updates().len();
-    let set_node_c_external = |address: &'static str| {
+    let set_node_c_external = |external: Option<&'static str>| {
         let client = client.clone();
         async move {
-            let status = json!({"status": {"addresses": [
-                {"type": "InternalIP", "address": "10.0.0.12"},
-                {"type": "ExternalIP", "address": address}]}});
+            let mut addresses = vec![json!({"type": "InternalIP", "address": "10.0.0.12"})];
+            addresses.extend(external.map(|a| json!({"type": "ExternalIP", "address": a})));
+            let status = json!({"status": {"addresses": addresses}});
             Api::<Node>::all(client)
                 .patch_status("node-c", &PatchParams::default(), &Patch::Merge(&status))
                 .await
                 .unwrap();
         }
     };
-    set_node_c_external("127.0.11.3:7687").await;
+    set_node_c_external(Some("127.0.11.3:7687")).await;
     let refused = wait_event(
         &client,
         "memgraph-data-0-0",
@@ -787,10 +787,37 @@ async fn changes_are_corrected() {
     assert_eq!(c.server.updates().len(), writes, "nothing written");
     let now = registered().await;
     assert!(external_nodeports(&now, "127.0.11.3", &ports), "{now:?}");
-    set_node_c_external("127.0.11.3").await;
-    set_node_ready(&client, "node-b", true).await;
+    set_node_c_external(Some("127.0.11.3")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.server.updates().len(), writes, "nothing moved");
+
+    // 6c. The node in use loses its ExternalIP: its InternalIP is all there is (written, with
+    //     a warning); the ExternalIP comes back late (as a cloud provider adds it after the
+    //     kubelet registered the node): the same node, by its ExternalIP again.
+    set_node_c_external(None).await;
+    until("every NodePort entry on node-c's InternalIP", |now| {
+        external_nodeports(now, "10.0.0.12", &ports)
+    })
+    .await;
+    let changed = Instant::now();
+    set_node_c_external(Some("127.0.11.3")).await;
+    until("every NodePort entry on node-c's late ExternalIP", |now| {
+        external_nodeports(now, "127.0.11.3", &ports)
+            && now.get("instance_2") == Some(&format!("127.0.11.3:{port}"))
+    })
+    .await;
+    eprintln!(
+        "late ExternalIP on the node in use corrected in {:.1?}",
+        changed.elapsed()
+    );
+    let writes = c.server.updates().len();
+    set_node_ready(&client, "node-b", true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.server.updates().len(),
+        writes,
+        "node-b back: nothing moved"
+    );
 
     // 7. A wrong password: an Event and a metric; the webhook stays ready.
     std::fs::write(&c.password_file, "wrong\n").unwrap();

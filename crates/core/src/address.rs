@@ -291,13 +291,26 @@ pub fn resolve(
                     ));
                 }
             }
-            // The host in use stays while its node is usable and still has it.
+            // The node in use stays while it is usable and still has the host. Its address
+            // of the most preferred type is used: the host itself, unless the node has
+            // gained an address of a type ranked above it (a cloud provider adds the
+            // ExternalIP after the kubelet registered the node with its InternalIP).
             if let Some(host) = rules.keep_host {
-                for address_type in node_address_types {
-                    if let Some(node) =
-                        usable().find(|n| of_type(n, address_type).iter().any(|a| a == host))
-                    {
-                        return node_found(node, address_type, host.to_string(), warnings);
+                let holds = |n: &NodeView| {
+                    node_address_types
+                        .iter()
+                        .any(|t| of_type(n, t).iter().any(|a| a == host))
+                };
+                if let Some(node) = usable().find(|n| holds(n)) {
+                    for address_type in node_address_types {
+                        let addresses = of_type(node, address_type);
+                        if addresses.iter().any(|a| a == host) {
+                            return node_found(node, address_type, host.to_string(), warnings);
+                        }
+                        let pick = addresses.iter().find(|a| is_ipv4(a)).or(addresses.first());
+                        if let Some(better) = pick {
+                            return node_found(node, address_type, better.clone(), warnings);
+                        }
                     }
                 }
             }

@@ -1051,8 +1051,18 @@ fn a_node_in_use_stays_while_usable_and_moves_only_when_not() {
     assert_eq!(host(&cluster, None), "203.0.113.10");
     // node-c's address in use stays while node-c is usable ...
     assert_eq!(host(&cluster, Some("203.0.113.20")), "203.0.113.20");
-    // ... and an InternalIP in use stays too (the type is still allowed).
+    // ... and an InternalIP in use stays too (the type is still allowed) ...
     assert_eq!(host(&cluster, Some("10.0.0.11")), "10.0.0.11");
+    // ... until its node gains an ExternalIP (a cloud provider adds it after the kubelet
+    // registered the node): the same node, by its preferred address.
+    let mut gained = cluster.clone();
+    let mut node_b = gained.nodes().find(|n| n.name == "node-b").unwrap().clone();
+    node_b
+        .addresses
+        .push(("ExternalIP".into(), "203.0.113.11".into()));
+    gained.upsert_node(node_b);
+    assert_eq!(host(&gained, Some("10.0.0.11")), "203.0.113.11");
+    assert_eq!(host(&gained, Some("203.0.113.11")), "203.0.113.11");
     // node-c cordoned: the address moves.
     let mut cordoned = cluster.clone();
     let mut node = cordoned
