@@ -411,33 +411,13 @@ async fn the_chart_runs_on_a_real_node() {
         async move { pods.get("memgraph-data-0-0").await.ok().filter(is_ready) }
     })
     .await;
-    let python = std::env::var_os("MAI_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
-        });
+    let python = support::python();
     let probe =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bolt_server/driver_probe.py");
     let uri = format!("bolt://{address}");
-    let mut last = String::new();
-    let mut reply = None;
-    for _ in 0..30 {
-        let out = tokio::task::block_in_place(|| driver_run(&python, &probe, &uri));
-        match out
-            .lines()
-            .nth(1)
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        {
-            Some(r) if r["ok"] == true => {
-                reply = Some(r);
-                break;
-            }
-            _ => last = out,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let reply =
-        reply.unwrap_or_else(|| panic!("the neo4j driver did not get through {uri}: {last}"));
+    let reply = driver_until(&python, &probe, &uri, |r| r["ok"] == true)
+        .await
+        .unwrap_or_else(|last| panic!("the neo4j driver did not get through {uri}: {last}"));
     assert_eq!(reply["value"], 1, "{reply}");
     assert_eq!(reply["server"], address.as_str(), "{reply}");
     println!(
@@ -1014,25 +994,9 @@ async fn the_chart_runs_on_a_real_node() {
             .collect::<Vec<_>>())
     );
     let corrected_in = upgrade_start.elapsed();
-    let mut last = String::new();
-    let mut reply = None;
-    for _ in 0..30 {
-        let out = tokio::task::block_in_place(|| driver_run(&python, &probe, &uri));
-        match out
-            .lines()
-            .nth(1)
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        {
-            Some(r) if r["ok"] == true => {
-                reply = Some(r);
-                break;
-            }
-            _ => last = out,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let reply =
-        reply.unwrap_or_else(|| panic!("the neo4j driver did not write through {uri}: {last}"));
+    let reply = driver_until(&python, &probe, &uri, |r| r["ok"] == true)
+        .await
+        .unwrap_or_else(|last| panic!("the neo4j driver did not write through {uri}: {last}"));
     assert_eq!(reply["server"], want_data.as_str(), "{reply}");
     let after = route_table(&seed)
         .await
@@ -1093,21 +1057,11 @@ async fn the_chart_runs_on_a_real_node() {
         "instance_0 was not moved to the new NodePort {want_moved}"
     );
     let moved_in = changed.elapsed();
-    let mut reply = None;
-    for _ in 0..30 {
-        let out = tokio::task::block_in_place(|| driver_run(&python, &probe, &uri));
-        if let Some(r) = out
-            .lines()
-            .nth(1)
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|r| r["ok"] == true && r["server"] == want_moved.as_str())
-        {
-            reply = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let reply = reply.unwrap_or_else(|| panic!("the driver did not write through {want_moved}"));
+    let reply = driver_until(&python, &probe, &uri, |r| {
+        r["ok"] == true && r["server"] == want_moved.as_str()
+    })
+    .await
+    .unwrap_or_else(|last| panic!("the driver did not write through {want_moved}: {last}"));
     // One driver across the routing table's ttl (2 s): a write, then after the ttl a read and
     // a write, each after the refresh, through the external addresses.
     let session = tokio::task::block_in_place(|| {
@@ -1399,21 +1353,31 @@ const BOLT_TEST_IMAGE: &str = "localhost/memgraph-bolt-test:3.8.0";
 
 /// scripts/build-bolt-test-image: the host's python3 and tests/bolt_server in an image.
 fn bolt_test_image() -> std::path::PathBuf {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-bolt-test-image");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run scripts/build-bolt-test-image");
-    assert!(out.status.success(), "scripts/build-bolt-test-image failed");
-    std::path::PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
+    support::built_by("build-bolt-test-image")
+}
+
+/// `driver_run` until its reply passes `accept`, up to 30 tries 1 s apart (the path through
+/// kube-proxy and a new pod settles within seconds): the reply, or the last output.
+async fn driver_until(
+    python: &std::path::Path,
+    probe: &std::path::Path,
+    uri: &str,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, String> {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = tokio::task::block_in_place(|| driver_run(python, probe, uri));
+        match out
             .lines()
-            .last()
-            .expect("path")
-            .trim(),
-    )
+            .nth(1)
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            Some(r) if accept(&r) => return Ok(r),
+            _ => last = out,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(last)
 }
 
 /// One `write` through tests/bolt_server/driver_probe.py (the official neo4j driver); its

@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -59,9 +58,7 @@ const INSTANCES: [(&str, &str, &str, &str); 5] = [
 ];
 
 struct TestServer {
-    _guard: ChildGuard,
-    stdin: std::process::ChildStdin,
-    replies: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    process: LineProcess,
     journal: std::path::PathBuf,
 }
 
@@ -102,32 +99,19 @@ impl TestServer {
         .unwrap();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/bolt_server/memgraph_coordinator.py");
-        let mut child = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(&config)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 and the Bolt test server");
-        let stdin = child.stdin.take().unwrap();
-        let mut replies = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = replies.next().unwrap().unwrap();
+        let process = LineProcess::spawn(
+            "the Bolt test server",
+            std::process::Command::new("python3")
+                .arg(&script)
+                .arg(&config),
+        );
+        let first = process.line();
         assert!(first.contains("listening"), "{first}");
-        Self {
-            _guard: ChildGuard {
-                child,
-                name: "bolt-test-server".into(),
-            },
-            stdin,
-            replies,
-            journal,
-        }
+        Self { process, journal }
     }
 
     fn command(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-        let reply = self.replies.next().unwrap().unwrap();
+        let reply = self.process.ask(line);
         assert!(reply.starts_with("ok"), "{line}: {reply}");
         reply
     }
@@ -297,62 +281,30 @@ async fn wait_event(client: &Client, pod: &str, reason: &str, needle: &str) -> S
 /// tests/bolt_server/driver_probe.py: one driver, so its routing table and its refresh after
 /// the ttl behave as in an application.
 struct Driver {
-    _guard: ChildGuard,
-    stdin: std::process::ChildStdin,
-    replies: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    process: LineProcess,
 }
 
 const TTL: Duration = Duration::from_secs(2);
-
-fn python() -> std::path::PathBuf {
-    let python = std::env::var_os("MAI_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
-        });
-    let works = std::process::Command::new(&python)
-        .args(["-c", "import neo4j"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        works,
-        "{} cannot import the neo4j driver; run ./scripts/test (it creates .venv) or set MAI_TEST_PYTHON",
-        python.display()
-    );
-    python
-}
 
 impl Driver {
     fn start(seed: &str) -> Self {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/bolt_server/driver_probe.py");
-        let mut child = std::process::Command::new(python())
-            .arg(script)
-            .arg(format!("neo4j://{seed}"))
-            .args(["--user", USER, "--password", PASSWORD])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the neo4j driver probe");
-        let stdin = child.stdin.take().unwrap();
-        let mut replies = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let hello = replies.next().unwrap().unwrap();
+        let process = LineProcess::spawn(
+            "the neo4j driver probe",
+            std::process::Command::new(python())
+                .arg(script)
+                .arg(format!("neo4j://{seed}"))
+                .args(["--user", USER, "--password", PASSWORD]),
+        );
+        let hello = process.line();
         assert!(hello.contains("driver"), "{hello}");
-        Self {
-            _guard: ChildGuard {
-                child,
-                name: "neo4j-driver".into(),
-            },
-            stdin,
-            replies,
-        }
+        Self { process }
     }
 
     /// Runs `write` or `read`; returns the server that answered. Fails the test on an error.
     fn run(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        let reply: Value = serde_json::from_str(&self.replies.next().unwrap().unwrap()).unwrap();
+        let reply: Value = serde_json::from_str(&self.process.ask(command)).unwrap();
         assert_eq!(reply["ok"], true, "the driver's {command}: {reply}");
         reply["server"].as_str().unwrap_or_default().to_string()
     }

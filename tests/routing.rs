@@ -5,94 +5,22 @@
 //! Needs a Python with `neo4j`: `MAI_TEST_PYTHON` (set by scripts/test, which creates .venv),
 //! else `.venv/bin/python`. Missing, the test fails: the proof is the point.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::{python, LineProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_memgraph-address-injector");
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
-fn python() -> PathBuf {
-    let python = std::env::var_os("MAI_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(MANIFEST).join(".venv/bin/python"));
-    let works = Command::new(&python)
-        .args(["-c", "import neo4j"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        works,
-        "{} cannot import the neo4j driver; run ./scripts/test (it creates .venv with `pip install neo4j`) or set MAI_TEST_PYTHON",
-        python.display()
-    );
-    python
-}
-
 fn script(name: &str) -> PathBuf {
     Path::new(MANIFEST).join("tests/bolt_server").join(name)
-}
-
-/// A child speaking one line per command; killed on drop (also when the test panics).
-struct LineProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    name: &'static str,
-}
-
-impl LineProcess {
-    fn spawn(name: &'static str, command: &mut Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-            name,
-        }
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{} printed nothing within 60 s", self.name))
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{command}").unwrap();
-        stdin.flush().unwrap();
-        self.line()
-    }
-}
-
-impl Drop for LineProcess {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The test server and where each instance listens.

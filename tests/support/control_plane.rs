@@ -31,15 +31,7 @@ impl Drop for ControlPlane {
 
 /// Builds the binaries when missing (a no-op when cached) and returns their directory.
 pub fn binaries() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-control-plane");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/build-control-plane");
-    assert!(out.status.success(), "scripts/build-control-plane failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().expect("the bin directory").trim())
+    super::built_by("build-control-plane")
 }
 
 fn spawn(bin: &Path, args: &[String], log: &Path, name: &str) -> ChildGuard {

@@ -22,18 +22,7 @@ pub fn chart_dir() -> PathBuf {
 /// Builds helm when missing (a no-op when cached) and returns its path.
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-helm");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/build-helm");
-        assert!(out.status.success(), "scripts/build-helm failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(stdout.lines().last().expect("the helm path").trim())
-    })
-    .clone()
+    BIN.get_or_init(|| super::built_by("build-helm")).clone()
 }
 
 /// helm with its own config/cache/data homes (nothing written to ~/.config/helm) and,

@@ -7,9 +7,11 @@ pub mod control_plane;
 pub mod helm;
 pub mod node;
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// The webhook binary: Cargo's path in tests; for the demo example, the debug build that
@@ -230,4 +232,102 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The Python with the official neo4j driver (PyPI `neo4j`): `MAI_TEST_PYTHON` (set by
+/// scripts/test, which creates .venv), else `.venv/bin/python`. Missing, the test fails: the
+/// driver outside the cluster is the proof.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("MAI_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let works = Command::new(&python)
+        .args(["-c", "import neo4j"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "{} cannot import the neo4j driver; run ./scripts/test (it creates .venv with `pip install neo4j`) or set MAI_TEST_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// A child speaking one line per command (the Bolt test server, the driver probe); killed on
+/// drop (also when the test panics).
+pub struct LineProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    name: &'static str,
+}
+
+impl LineProcess {
+    pub fn spawn(name: &'static str, command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines,
+            name,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{} printed nothing within 60 s", self.name))
+    }
+
+    pub fn ask(&mut self, command: &str) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        self.line()
+    }
+}
+
+impl Drop for LineProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `scripts/<script>` (each builds what it makes only when missing or stale, and prints
+/// the path of what it made as its last stdout line) and returns that path.
+pub fn built_by(script: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(out.status.success(), "scripts/{script} failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("scripts/{script} printed no path"))
+            .trim(),
+    )
 }

@@ -315,15 +315,7 @@ fn wait(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Builds the pause image when missing (scripts/build-pause-image) and returns the archive.
 pub fn pause_image() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-pause-image");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/build-pause-image");
-    assert!(out.status.success(), "scripts/build-pause-image failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().expect("the archive path").trim())
+    super::built_by("build-pause-image")
 }
 
 /// Missing host tools, each with the Debian package that provides it.

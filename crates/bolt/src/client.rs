@@ -300,6 +300,20 @@ pub struct Connection {
     pub server_agent: String,
 }
 
+/// The error for a tokio timeout on `step` (for `map_err`).
+fn timed_out(
+    address: &str,
+    timeout: Duration,
+    step: &'static str,
+) -> impl FnOnce(tokio::time::error::Elapsed) -> BoltError {
+    let address = address.to_string();
+    move |_| BoltError::Timeout {
+        address,
+        step,
+        ms: timeout.as_millis(),
+    }
+}
+
 impl Connection {
     /// Connects (TCP, then TLS for `Transport::Tls`), negotiates a version and authenticates.
     pub async fn connect(
@@ -308,14 +322,7 @@ impl Connection {
     ) -> Result<Self, BoltError> {
         let name = address.to_string();
         let timeout = options.timeout;
-        let within = |step| {
-            let name = name.clone();
-            move |_| BoltError::Timeout {
-                address: name,
-                step,
-                ms: timeout.as_millis(),
-            }
-        };
+        let within = |step| timed_out(&name, timeout, step);
         // The TLS name first: a bad one needs no network.
         let server_name = match &options.transport {
             Transport::Plain => None,
@@ -388,14 +395,7 @@ impl Connection {
     ) -> Result<Self, BoltError> {
         let name = address.to_string();
         let timeout = options.timeout;
-        let within = |step| {
-            let name = name.clone();
-            move |_| BoltError::Timeout {
-                address: name,
-                step,
-                ms: timeout.as_millis(),
-            }
-        };
+        let within = |step| timed_out(&name, timeout, step);
         let stream: Box<dyn Stream> = Box::new(stream);
         let mut conn = Self {
             stream: BufReader::new(stream),
