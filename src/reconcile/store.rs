@@ -210,7 +210,9 @@ where
         + Send
         + 'static,
 {
-    let mut stream = watcher(api).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => on_event(event),
@@ -219,18 +221,6 @@ where
             }
         }
     }
-}
-
-fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    watcher::watcher(api, watcher::Config::default())
 }
 
 /// A watched pod's Memgraph facts, as the webhook reads them (`decision::pod`).
