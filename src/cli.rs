@@ -239,6 +239,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("memgraph-address-injector-{}", std::process::id()));
     let mut reporter = crate::report::Reporter::log_only();
     let mut reconcile_client = None;
+    // Checked before anything runs: a bad reconciler setup stops the start with its reason.
+    let prepared = if args.reconcile.reconcile_routing {
+        if args.cluster_state.is_some() {
+            bail!("--reconcile-routing needs the API server; it cannot run with --cluster-state");
+        }
+        Some(crate::reconcile::prepare(&args.reconcile, &config)?)
+    } else {
+        None
+    };
     let cluster = match &args.cluster_state {
         Some(path) => {
             let state = cluster::load_state_file(&path.to_string_lossy())?;
@@ -255,7 +264,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?;
             reporter = crate::report::Reporter::with_events(client.clone(), &identity);
             reconcile_client = Some(client.clone());
-            SharedCluster::watched(client)
+            SharedCluster::watched(
+                client,
+                prepared
+                    .as_ref()
+                    .map(crate::reconcile::Prepared::taps)
+                    .unwrap_or_default(),
+            )
         }
     };
     if args.max_in_flight == 0 {
@@ -272,16 +287,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     app.reporter = reporter;
     let mut reconciler = None;
-    if args.reconcile.reconcile_routing {
-        let Some(client) = reconcile_client else {
-            bail!("--reconcile-routing needs the API server; it cannot run with --cluster-state");
-        };
+    if let (Some(prepared), Some(client)) = (prepared, reconcile_client) {
         reconciler = Some(
             crate::reconcile::start(
                 client,
+                prepared,
                 &args.reconcile,
                 &identity,
-                (*app.config).clone(),
                 app.metrics.clone(),
                 app.reporter.clone(),
             )

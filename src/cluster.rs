@@ -97,17 +97,33 @@ impl SharedCluster {
         }
     }
 
-    /// Starts watches of Services and Nodes in all namespaces. They run until the process
+    /// Starts watches of Services and Nodes in all namespaces: one per kind for the whole
+    /// process, also feeding `taps` (the routing reconciler). They run until the process
     /// ends; errors are retried with backoff by the watcher.
-    pub fn watched(client: Client) -> Self {
+    pub fn watched(client: Client, taps: Taps) -> Self {
         let shared = Self {
             client: Some(client.clone()),
             ..Self::default()
         };
-        tokio::spawn(watch(Api::<Service>::all(client.clone()), shared.clone()));
-        tokio::spawn(watch(Api::<Node>::all(client), shared.clone()));
+        tokio::spawn(watch(
+            Api::<Service>::all(client.clone()),
+            shared.clone(),
+            taps.services,
+        ));
+        tokio::spawn(watch(Api::<Node>::all(client), shared.clone(), taps.nodes));
         shared
     }
+}
+
+/// Another reader of a watch's events (the routing reconciler's store), so that each kind
+/// is watched once per process.
+pub type Tap<K> = Box<dyn FnMut(&Event<K>) + Send>;
+
+/// The extra readers of the Service and Node watches.
+#[derive(Default)]
+pub struct Taps {
+    pub services: Option<Tap<Service>>,
+    pub nodes: Option<Tap<Node>>,
 }
 
 /// How one kind of object is kept in the view: reduced to what the decision reads at once,
@@ -175,13 +191,16 @@ impl Cached for Node {
 
 /// One watch: a (re)list replaces the kind's objects wholesale once complete, then events
 /// update them one by one. Errors are retried with the watcher's backoff.
-async fn watch<K: Cached>(api: Api<K>, shared: SharedCluster) {
+async fn watch<K: Cached>(api: Api<K>, shared: SharedCluster, mut tap: Option<Tap<K>>) {
     use kube::runtime::WatchStreamExt;
     let mut initial = Vec::new();
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     while let Some(event) = stream.next().await {
+        if let (Some(tap), Ok(event)) = (tap.as_mut(), &event) {
+            tap(event);
+        }
         match event {
             Ok(Event::Init) => initial.clear(),
             Ok(Event::InitApply(obj)) => initial.extend(obj.view()),

@@ -277,6 +277,17 @@ pub enum ReconcileResult {
 }
 
 impl ReconcileResult {
+    pub const ALL: [Self; 8] = [
+        Self::Ok,
+        Self::Pending,
+        Self::Unreachable,
+        Self::Auth,
+        Self::Tls,
+        Self::Refused,
+        Self::NotVerified,
+        Self::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -427,6 +438,31 @@ impl Default for Metrics {
 impl Metrics {
     pub fn instruments(&self) -> &Instruments {
         &self.instruments
+    }
+
+    /// Removes every routing series of a namespace whose cluster went away.
+    pub fn forget_routing_namespace(&self, namespace: &str) {
+        let m = &self.instruments;
+        for state in [
+            RegistrationState::External,
+            RegistrationState::InCluster,
+            RegistrationState::Unknown,
+        ] {
+            m.routing_registrations.remove(&RegistrationLabels {
+                namespace: namespace.to_string(),
+                state,
+            });
+        }
+        for result in ReconcileResult::ALL {
+            m.routing_reconciles.remove(&ReconcileLabels {
+                namespace: namespace.to_string(),
+                result,
+            });
+        }
+        m.routing_last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(namespace);
     }
 
     /// One answered admission review and the time it took to decide.

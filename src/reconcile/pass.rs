@@ -22,10 +22,8 @@ use crate::decision::Config;
 use crate::metrics::{ReconcileResult, RegistrationState};
 use crate::report::{cut, Notice, ObjectRef, Reporter};
 use crate::routing::plan::{self, Desired, Instance, Mode, PlanError};
-use crate::routing::resolve::{RoutingCluster, Target};
-use crate::routing::{
-    desired_addresses, memgraph_version, show_instances, target_of, RoutingError,
-};
+use crate::routing::resolve::{controlling_statefulset, tls_name, RoutingCluster, Target};
+use crate::routing::{desired_addresses, show_instances, target_of, RoutingError};
 
 /// Event reasons of the reconciler.
 pub const UPDATED: &str = "RoutingAddressUpdated";
@@ -128,15 +126,6 @@ fn bolt_port(pod: &Pod, config: &Config) -> u16 {
         .unwrap_or(7687)
 }
 
-/// The name a coordinator's certificate carries: the chart's per-instance Service, named
-/// after the StatefulSet (`memgraph-coordinator-1.<ns>.svc.cluster.local`).
-fn tls_name(pod: &Pod, namespace: &str) -> Option<String> {
-    let owner = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "StatefulSet")?;
-    Some(format!("{}.{namespace}.svc.cluster.local", owner.name))
-}
 
 struct Pass<'a> {
     namespace: &'a str,
@@ -199,7 +188,9 @@ impl Pass<'_> {
             limits: Default::default(),
             tls_server_name: match self.settings.transport {
                 Transport::Plain => None,
-                Transport::Tls(_) => tls_name(pod, self.namespace),
+                Transport::Tls(_) => {
+                    controlling_statefulset(pod).map(|sts| tls_name(&sts, self.namespace))
+                }
             },
         };
         Ok(Connection::connect(&address, &options).await?)
@@ -207,12 +198,14 @@ impl Pass<'_> {
 }
 
 /// Reconciles one cluster. Never panics on what Memgraph or the cluster sends; every failure
-/// is an outcome with a reason.
+/// is an outcome with a reason. `claim` is this replica's hold on the Lease: it is checked
+/// before every write, so a replica that lost it mid-pass writes nothing more.
 pub async fn reconcile(
     namespace: &str,
     snapshot: &Snapshot,
     settings: &Settings,
     reporter: &Reporter,
+    claim: &tokio::sync::watch::Receiver<bool>,
 ) -> Outcome {
     let pass = Pass {
         namespace,
@@ -227,6 +220,9 @@ pub async fn reconcile(
         settings,
         reporter,
     };
+    // Credentials go only to real coordinators: a Memgraph coordinator pod (as the webhook
+    // recognises one) controlled by a StatefulSet, Ready, with a pod IP, in a namespace the
+    // reconciler serves (the store holds no other).
     let mut coordinators: Vec<&Pod> = snapshot
         .pods
         .iter()
@@ -234,13 +230,18 @@ pub async fn reconcile(
             memgraph_facts(p, &settings.decision.recognition).map(|f| f.role)
                 == Some(Role::Coordinator)
         })
-        .filter(|p| is_ready(p) && pod_ip(p).is_some())
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace)
+                && controlling_statefulset(p).is_some()
+                && is_ready(p)
+                && pod_ip(p).is_some()
+        })
         .collect();
     coordinators.sort_by_key(|p| p.name_any());
     if coordinators.is_empty() {
         return Outcome::stop(
             ReconcileResult::Pending,
-            "no Ready coordinator pod with an IP yet".into(),
+            "no Ready coordinator pod of a StatefulSet with an IP yet".into(),
         );
     }
     let credentials = match credentials(settings) {
@@ -256,7 +257,7 @@ pub async fn reconcile(
         }
     };
 
-    // Any Ready coordinator answers SHOW INSTANCES (3.9+ forwards to the leader).
+    // Any Ready coordinator answers SHOW INSTANCES (a follower forwards it to the leader).
     let mut last_error = None;
     let mut found = None;
     for pod in &coordinators {
@@ -285,12 +286,11 @@ pub async fn reconcile(
         );
         return Outcome::stop(result, err.to_string());
     };
-    let read = async {
-        let version = memgraph_version(&mut conn).await?;
-        let instances = show_instances(&mut conn).await?;
-        Ok::<_, RoutingError>((version, instances))
-    };
-    let (version, instances) = match read.await {
+    // The version as the webhook reads it (annotation, image tag): coordinators refuse
+    // SHOW VERSION on every release through 3.12.
+    let version = pass.cluster.memgraph_version(namespace);
+    let version_text = version.map_or_else(|| "(version unknown)".to_string(), |v| v.to_string());
+    let instances = match show_instances(&mut conn).await {
         Ok(v) => v,
         Err(err) => {
             pass.event(
@@ -302,6 +302,7 @@ pub async fn reconcile(
                     seed_pod.name_any()
                 ),
             );
+            conn.close().await;
             return Outcome::stop(classify(&err), err.to_string());
         }
     };
@@ -328,20 +329,8 @@ pub async fn reconcile(
     };
 
     for instance in &instances {
-        match desired.get(&instance.name) {
-            Some(Desired::Invalid(why)) => {
-                pass.event(
-                    pass.pod_of(instance),
-                    REFUSED,
-                    "Warning",
-                    format!(
-                        "{}: the external address is refused, nothing written: {why}",
-                        instance.name
-                    ),
-                );
-                outcome.result = ReconcileResult::Pending;
-            }
-            Some(Desired::Unknown(why)) if instance_is_unusable(instance) => {
+        if let Some(Desired::Unknown(why)) = desired.get(&instance.name) {
+            if instance_is_unusable(instance) {
                 pass.event(
                     pass.pod_of(instance),
                     PENDING,
@@ -353,7 +342,6 @@ pub async fn reconcile(
                 );
                 outcome.result = ReconcileResult::Pending;
             }
-            _ => {}
         }
     }
 
@@ -383,9 +371,20 @@ pub async fn reconcile(
             };
         }
     };
+    // Values that are not hosts, and IPv6 addresses Memgraph cannot store: never written.
+    for (name, why) in &plan.refused {
+        let instance = instances.iter().find(|i| &i.name == name);
+        pass.event(
+            instance.and_then(|i| pass.pod_of(i)),
+            REFUSED,
+            "Warning",
+            format!("{name}: the external address is refused, nothing written: {why}"),
+        );
+        outcome.result = ReconcileResult::Pending;
+    }
     if plan.changes.is_empty() {
         outcome.summary = format!(
-            "Memgraph {version}: {} external, {} unknown; nothing to change",
+            "Memgraph {version_text}: {} external, {} unknown; nothing to change",
             counts[0], counts[2]
         );
         conn.close().await;
@@ -397,93 +396,132 @@ pub async fn reconcile(
                 .iter()
                 .find(|i| i.name == change.instance)
                 .and_then(|i| pass.pod_of(i));
-            pass.event(pod, PENDING, "Warning", format!("{}: Memgraph {version} cannot update a registration in place (3.8+ can); to use {} instead of {}, remove it and run: {}", change.instance, change.to, change.from, change.statements.join("; ")));
+            pass.event(pod, PENDING, "Warning", format!("{}: Memgraph {version_text} cannot update a registration in place (3.8+ can); to use {} instead of {}, run on the leader: {}", change.instance, change.to, change.from, change.statements.join("; ")));
         }
         outcome.result = ReconcileResult::Pending;
         outcome.summary = format!(
-            "Memgraph {version}: {} changes to run by hand",
+            "Memgraph {version_text}: {} changes to run by hand",
             plan.changes.len()
         );
         conn.close().await;
         return outcome;
     }
 
-    // 3.8+: UPDATE CONFIG on the leader, reached by its pod IP (3.8 does not forward).
-    let leader_pod = instances
-        .iter()
-        .find(|i| i.is_leader())
-        .and_then(|i| pass.pod_of(i));
+    // 3.8 (and an unknown version): UPDATE CONFIG on the leader itself, found by SHOW
+    // INSTANCES' role column and reached by its pod IP; 3.9+ forwards from any coordinator.
     let mut leader = None;
-    if let Some(pod) =
-        leader_pod.filter(|p| p.name_any() != seed_pod.name_any() && pod_ip(p).is_some())
-    {
-        match pass.connect(pod, &credentials).await {
-            Ok(c) => leader = Some(c),
-            Err(err) => {
-                tracing::warn!(namespace, pod = %pod.name_any(), error = %err, "cannot reach the leader by its pod IP; sending to the coordinator at hand")
-            }
-        }
-    }
-    let writer = leader.as_mut().unwrap_or(&mut conn);
-    let mut applied = Vec::new();
-    for change in &plan.changes {
-        let pod = instances
+    if plan::needs_leader(version) {
+        let leader_pod = instances
             .iter()
-            .find(|i| i.name == change.instance)
-            .and_then(|i| pass.pod_of(i));
-        let mut ok = true;
-        for statement in &change.statements {
-            if let Err(err) = writer.run(statement).await {
-                let err = RoutingError::from(err);
-                outcome.result = classify(&err);
-                pass.event(
-                    pod,
-                    FAILED,
-                    "Warning",
-                    format!("{}: {statement} failed: {err}", change.instance),
-                );
-                ok = false;
-                break;
-            }
-        }
-        if ok {
-            applied.push(change);
-        }
-    }
-    // Read back: only what SHOW INSTANCES now says counts as done.
-    match show_instances(writer).await {
-        Ok(after) => {
-            for change in applied {
-                let now = after.iter().find(|i| i.name == change.instance);
-                let pod = instances
-                    .iter()
-                    .find(|i| i.name == change.instance)
-                    .and_then(|i| pass.pod_of(i));
-                if now.is_some_and(|i| i.bolt_server == change.to) {
-                    outcome.updated += 1;
-                    pass.event(
-                        pod,
-                        UPDATED,
-                        "Normal",
-                        format!(
-                            "{}: {} → {} ({})",
-                            change.instance, change.from, change.to, change.source
-                        ),
-                    );
-                } else {
-                    outcome.result = ReconcileResult::NotVerified;
-                    pass.event(pod, FAILED, "Warning", format!("{}: UPDATE CONFIG to {} was accepted, but SHOW INSTANCES still lists {}", change.instance, change.to, now.map(|i| i.bolt_server.as_str()).unwrap_or("nothing")));
+            .find(|i| i.is_leader())
+            .and_then(|i| pass.pod_of(i))
+            .filter(|p| coordinators.iter().any(|c| c.name_any() == p.name_any()));
+        let why = match leader_pod {
+            None => Some(format!(
+                "SHOW INSTANCES names no leader among the Ready coordinator pods of {namespace}"
+            )),
+            Some(pod) if pod.name_any() == seed_pod.name_any() => None,
+            Some(pod) => match pass.connect(pod, &credentials).await {
+                Ok(c) => {
+                    leader = Some(c);
+                    None
                 }
-            }
-        }
-        Err(err) => {
-            outcome.result = classify(&err);
+                Err(err) => Some(format!(
+                    "the leader {} cannot be reached by its pod IP: {err}",
+                    pod.name_any()
+                )),
+            },
+        };
+        if let Some(why) = why {
+            let result = ReconcileResult::Unreachable;
             pass.event(
                 Some(seed_pod),
                 FAILED,
                 "Warning",
-                format!("cannot read SHOW INSTANCES back: {err}"),
+                format!("nothing written: Memgraph {version_text} takes UPDATE CONFIG only on the leader (3.8 does not forward it), and {why}"),
             );
+            conn.close().await;
+            return Outcome {
+                result,
+                summary: why,
+                ..outcome
+            };
+        }
+    }
+    let writer = leader.as_mut().unwrap_or(&mut conn);
+    let mut applied = Vec::new();
+    'changes: for change in &plan.changes {
+        let pod = instances
+            .iter()
+            .find(|i| i.name == change.instance)
+            .and_then(|i| pass.pod_of(i));
+        for statement in &change.statements {
+            // The Lease may have been lost since the pass began (it can outlast a Lease):
+            // another replica may be writing now.
+            if !*claim.borrow() {
+                outcome.result = ReconcileResult::Error;
+                outcome.summary = "the Lease was lost during the pass; stopped before writing".into();
+                tracing::warn!(namespace, "the Lease was lost during the pass; nothing more is written");
+                break 'changes;
+            }
+            match writer.run(statement).await {
+                Ok(_) => {}
+                Err(err @ BoltError::Query { .. }) if version.is_none() => {
+                    outcome.result = ReconcileResult::Refused;
+                    pass.event(pod, FAILED, "Warning", format!("{}: the leader refused {statement}: {err}. The Memgraph version is not known (no version in the coordinators' image tag): set the annotation {} on the coordinator pods; if it is older than 3.8 (no UPDATE CONFIG), run on the leader: {}", change.instance, crate::decision::pod::VERSION_ANNOTATION, change.by_hand.join("; ")));
+                    continue 'changes;
+                }
+                Err(err) => {
+                    let err = RoutingError::from(err);
+                    outcome.result = classify(&err);
+                    pass.event(
+                        pod,
+                        FAILED,
+                        "Warning",
+                        format!("{}: {statement} failed: {err}", change.instance),
+                    );
+                    continue 'changes;
+                }
+            }
+        }
+        applied.push(change);
+    }
+    // Read back: only what SHOW INSTANCES now says counts as done.
+    if !applied.is_empty() {
+        match show_instances(writer).await {
+            Ok(after) => {
+                for change in applied {
+                    let now = after.iter().find(|i| i.name == change.instance);
+                    let pod = instances
+                        .iter()
+                        .find(|i| i.name == change.instance)
+                        .and_then(|i| pass.pod_of(i));
+                    if now.is_some_and(|i| i.bolt_server == change.to) {
+                        outcome.updated += 1;
+                        pass.event(
+                            pod,
+                            UPDATED,
+                            "Normal",
+                            format!(
+                                "{}: {} → {} ({})",
+                                change.instance, change.from, change.to, change.source
+                            ),
+                        );
+                    } else {
+                        outcome.result = ReconcileResult::NotVerified;
+                        pass.event(pod, FAILED, "Warning", format!("{}: UPDATE CONFIG to {} was accepted, but SHOW INSTANCES still lists {}", change.instance, change.to, now.map(|i| i.bolt_server.as_str()).unwrap_or("nothing")));
+                    }
+                }
+            }
+            Err(err) => {
+                outcome.result = classify(&err);
+                pass.event(
+                    Some(seed_pod),
+                    FAILED,
+                    "Warning",
+                    format!("cannot read SHOW INSTANCES back: {err}"),
+                );
+            }
         }
     }
     // The registrations as they are now: each verified update moved one to external.
@@ -495,11 +533,13 @@ pub async fn reconcile(
         ),
         (RegistrationState::Unknown, counts[2]),
     ];
-    outcome.summary = format!(
-        "Memgraph {version}: {} of {} registrations updated and verified",
-        outcome.updated,
-        plan.changes.len()
-    );
+    if outcome.summary.is_empty() {
+        outcome.summary = format!(
+            "Memgraph {version_text}: {} of {} registrations updated and verified",
+            outcome.updated,
+            plan.changes.len()
+        );
+    }
     if let Some(l) = leader {
         l.close().await;
     }
@@ -523,11 +563,12 @@ pub async fn bounded(
     settings: &Settings,
     reporter: &Reporter,
     budget: Duration,
+    claim: &tokio::sync::watch::Receiver<bool>,
 ) -> (Outcome, Duration) {
     let started = Instant::now();
     let outcome = match tokio::time::timeout(
         budget,
-        reconcile(namespace, snapshot, settings, reporter),
+        reconcile(namespace, snapshot, settings, reporter, claim),
     )
     .await
     {

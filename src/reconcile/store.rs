@@ -1,19 +1,24 @@
-//! What the reconciler watches: Memgraph HA pods (by the webhook's own recognition), the
-//! Services and Nodes. Only the watches write here; each change that can move an address
-//! signals the namespace (a Node change: every Memgraph namespace). Objects are kept slim:
-//! no managedFields, no Node image lists.
+//! What the reconciler reads: Memgraph HA pods of the namespaces it serves, their Services,
+//! and the Nodes. Only watches write here. Services and Nodes come from the webhook's own
+//! watches (one per kind, `cluster::Taps`); pods from a watch per served namespace narrowed
+//! to the label the webhook stamps at admission (`MANAGED_LABEL`), plus a full list at start
+//! and at each resync for pods created before the webhook was installed (they carry no
+//! label). Each change that can move an address signals its namespace (a Node: every
+//! served namespace). Objects are kept slim: no managedFields, no Node image lists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::ListParams;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::decision::pod::{self as pod_facts, Recognition, Role};
+use crate::decision::nodes::NodeSelector;
+use crate::decision::pod::{self as pod_facts, Recognition, Role, MANAGED_LABEL};
 use crate::decision::view::{NodeView, ServiceView};
 
 /// What changed, for the reconcile loop.
@@ -21,16 +26,44 @@ use crate::decision::view::{NodeView, ServiceView};
 pub enum Signal {
     /// Something in this namespace (a Memgraph pod, a Service) changed.
     Namespace(String),
-    /// A Node changed address, readiness, schedulability or labels: every cluster.
+    /// A Node changed address, readiness, schedulability or labels, or a watch (re)listed:
+    /// every cluster.
     AllNamespaces,
+}
+
+/// Which clusters the reconciler serves, and so may send Bolt credentials to: pods in these
+/// namespaces whose labels match the selector (empty: all).
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub namespaces: BTreeSet<String>,
+    pub pod_selector: NodeSelector,
+}
+
+impl Scope {
+    pub fn serves(&self, pod: &Pod) -> bool {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        pod.metadata
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| self.namespaces.contains(ns))
+            && self.pod_selector.matches(&labels)
+    }
 }
 
 #[derive(Default)]
 struct Objects {
-    /// Memgraph HA pods only, by namespace then name.
+    /// Memgraph HA pods from the labelled watches, by namespace then name.
     pods: BTreeMap<String, BTreeMap<String, Pod>>,
+    /// Memgraph HA pods without the label, from the last full list.
+    unlabelled: BTreeMap<String, BTreeMap<String, Pod>>,
+    /// Services of the served namespaces.
     services: BTreeMap<String, BTreeMap<String, Service>>,
     nodes: BTreeMap<String, Node>,
+    /// Served namespaces whose pod watch has listed since its last (re)start.
+    pods_listed: BTreeSet<String>,
+    full_listed: bool,
+    services_listed: bool,
+    nodes_listed: bool,
 }
 
 /// A consistent copy of one namespace's objects, for one reconcile pass.
@@ -44,25 +77,54 @@ pub struct Snapshot {
 pub struct Store {
     objects: Arc<Mutex<Objects>>,
     recognition: Recognition,
+    scope: Arc<Scope>,
+    signals: mpsc::UnboundedSender<Signal>,
 }
 
 impl Store {
-    pub fn new(recognition: Recognition) -> Self {
-        Self {
+    pub fn new(
+        recognition: Recognition,
+        scope: Scope,
+    ) -> (Self, mpsc::UnboundedReceiver<Signal>) {
+        let (signals, rx) = mpsc::unbounded_channel();
+        let store = Self {
             objects: Arc::default(),
             recognition,
-        }
+            scope: Arc::new(scope),
+            signals,
+        };
+        (store, rx)
     }
 
     fn lock(&self) -> MutexGuard<'_, Objects> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Namespaces that hold at least one Memgraph HA pod.
+    fn signal(&self, signal: Signal) {
+        let _ = self.signals.send(signal);
+    }
+
+    /// Have Pods, Services and Nodes each listed once since their last (re)list? Before
+    /// that a pass could see a half-empty cluster and move registrations for nothing.
+    pub fn is_synced(&self) -> bool {
+        let objects = self.lock();
+        objects.full_listed
+            && objects.services_listed
+            && objects.nodes_listed
+            && self
+                .scope
+                .namespaces
+                .iter()
+                .all(|ns| objects.pods_listed.contains(ns))
+    }
+
+    /// Served namespaces that hold at least one Memgraph HA pod.
     pub fn memgraph_namespaces(&self) -> BTreeSet<String> {
-        self.lock()
+        let objects = self.lock();
+        objects
             .pods
             .iter()
+            .chain(objects.unlabelled.iter())
             .filter(|(_, pods)| !pods.is_empty())
             .map(|(ns, _)| ns.clone())
             .collect()
@@ -70,83 +132,142 @@ impl Store {
 
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
         let objects = self.lock();
-        fn of<T: Clone>(map: &BTreeMap<String, BTreeMap<String, T>>, namespace: &str) -> Vec<T> {
-            map.get(namespace)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default()
-        }
+        let mut pods: BTreeMap<String, Pod> = objects
+            .unlabelled
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default();
+        // A labelled pod is followed live: it wins over a listed copy of the same name.
+        pods.extend(objects.pods.get(namespace).cloned().unwrap_or_default());
         Snapshot {
-            pods: of(&objects.pods, namespace),
-            services: of(&objects.services, namespace),
+            pods: pods.into_values().collect(),
+            services: objects
+                .services
+                .get(namespace)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
             nodes: objects.nodes.values().cloned().collect(),
         }
     }
 
-    /// Is this a Memgraph HA pod, as the webhook recognises one?
-    pub fn is_memgraph(&self, pod: &Pod) -> bool {
-        memgraph_facts(pod, &self.recognition).is_some()
+    /// Is this a Memgraph HA pod the reconciler serves, as the webhook recognises one?
+    fn is_served_memgraph(&self, pod: &Pod) -> bool {
+        self.scope.serves(pod) && memgraph_facts(pod, &self.recognition).is_some()
     }
 
-    /// Starts the three watches; they run until the process ends, retried with backoff.
-    pub fn watch(&self, client: Client, signals: mpsc::UnboundedSender<Signal>) {
-        let store = self.clone();
-        let tx = signals.clone();
-        tokio::spawn(watch_kind(Api::<Pod>::all(client.clone()), move |event| {
-            store.pod_event(event, &tx)
-        }));
-        let store = self.clone();
-        let tx = signals.clone();
-        tokio::spawn(watch_kind(
-            Api::<Service>::all(client.clone()),
-            move |event| store.service_event(event, &tx),
-        ));
-        let store = self.clone();
-        tokio::spawn(watch_kind(Api::<Node>::all(client), move |event| {
-            store.node_event(event, &signals)
-        }));
+    /// Starts the labelled pod watch of each served namespace; they run until the process
+    /// ends, retried with backoff.
+    pub fn watch_pods(&self, client: Client) {
+        let selector = format!("{MANAGED_LABEL}=true");
+        for ns in self.scope.namespaces.clone() {
+            let api = Api::<Pod>::namespaced(client.clone(), &ns);
+            let store = self.clone();
+            let config = watcher::Config::default().labels(&selector);
+            tokio::spawn(async move {
+                let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(event) => store.pod_event(&ns, event),
+                        Err(err) => {
+                            tracing::warn!(namespace = %ns, kind = "Pod", error = %err, "reconciler watch error; retrying")
+                        }
+                    }
+                }
+            });
+        }
     }
 
-    fn pod_event(&self, event: Event<Pod>, tx: &mpsc::UnboundedSender<Signal>) {
+    /// One full list of every served namespace's pods, for Memgraph pods created before the
+    /// webhook stamped its label. Run at start and at each resync.
+    pub async fn list_unlabelled(&self, client: &Client) {
+        let lp = ListParams::default().labels(&format!("!{MANAGED_LABEL}"));
+        let mut found: BTreeMap<String, BTreeMap<String, Pod>> = BTreeMap::new();
+        for ns in &self.scope.namespaces {
+            let api = Api::<Pod>::namespaced(client.clone(), ns);
+            match api.list(&lp).await {
+                Ok(list) => {
+                    let pods = found.entry(ns.clone()).or_default();
+                    for pod in list.items.into_iter().filter(|p| self.is_served_memgraph(p)) {
+                        pods.insert(pod.name_any(), slim_pod(pod));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(namespace = %ns, error = %err, "cannot list the pods of a served namespace; keeping the last list");
+                    if let Some(old) = self.lock().unlabelled.get(ns) {
+                        found.insert(ns.clone(), old.clone());
+                    }
+                }
+            }
+        }
+        let count: usize = found.values().map(BTreeMap::len).sum();
+        if count > 0 {
+            tracing::info!(count, "Memgraph pods without the label {MANAGED_LABEL} (created before the webhook was installed) are followed by a full list at each resync; recreate them to follow them live");
+        }
+        let mut objects = self.lock();
+        let changed = !same_pods(&found, &objects.unlabelled);
+        objects.unlabelled = found;
+        objects.full_listed = true;
+        drop(objects);
+        if changed {
+            self.signal(Signal::AllNamespaces);
+        }
+    }
+
+    fn pod_event(&self, namespace: &str, event: Event<Pod>) {
         let mut objects = self.lock();
         match event {
             Event::Apply(pod) | Event::InitApply(pod) => {
-                let ns = pod.namespace().unwrap_or_default();
                 let name = pod.name_any();
-                let pods = objects.pods.entry(ns.clone()).or_default();
-                if self.is_memgraph(&pod) {
+                let served = self.is_served_memgraph(&pod);
+                let pods = objects.pods.entry(namespace.to_string()).or_default();
+                if served {
                     let changed = pods.get(&name).is_none_or(|old| pod_changed(old, &pod));
                     pods.insert(name, slim_pod(pod));
                     if changed {
-                        let _ = tx.send(Signal::Namespace(ns));
+                        self.signal(Signal::Namespace(namespace.to_string()));
                     }
                 } else if pods.remove(&name).is_some() {
-                    let _ = tx.send(Signal::Namespace(ns));
+                    self.signal(Signal::Namespace(namespace.to_string()));
                 }
             }
             Event::Delete(pod) => {
-                let ns = pod.namespace().unwrap_or_default();
-                if let Some(pods) = objects.pods.get_mut(&ns) {
-                    if pods.remove(&pod.name_any()).is_some() {
-                        let _ = tx.send(Signal::Namespace(ns));
-                    }
+                let name = pod.name_any();
+                let removed = objects
+                    .pods
+                    .get_mut(namespace)
+                    .is_some_and(|pods| pods.remove(&name).is_some());
+                let unlisted = objects
+                    .unlabelled
+                    .get_mut(namespace)
+                    .is_some_and(|pods| pods.remove(&name).is_some());
+                if removed || unlisted {
+                    self.signal(Signal::Namespace(namespace.to_string()));
                 }
             }
-            Event::Init => objects.pods.clear(),
+            // A (re)list: no pass until it is complete.
+            Event::Init => {
+                objects.pods.remove(namespace);
+                objects.pods_listed.remove(namespace);
+            }
             Event::InitDone => {
-                let _ = tx.send(Signal::AllNamespaces);
+                objects.pods_listed.insert(namespace.to_string());
+                self.signal(Signal::AllNamespaces);
             }
         }
     }
 
-    fn service_event(&self, event: Event<Service>, tx: &mpsc::UnboundedSender<Signal>) {
+    /// The reconciler's share of the webhook's Service watch.
+    pub fn service_event(&self, event: &Event<Service>) {
         let mut objects = self.lock();
-        let signal = |objects: &Objects, ns: &str| {
-            if objects.pods.get(ns).is_some_and(|p| !p.is_empty()) {
-                let _ = tx.send(Signal::Namespace(ns.to_string()));
-            }
+        let served = |svc: &Service| {
+            svc.metadata
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| self.scope.namespaces.contains(ns))
         };
         match event {
-            Event::Apply(mut svc) | Event::InitApply(mut svc) => {
+            Event::Apply(svc) | Event::InitApply(svc) if served(svc) => {
+                let mut svc = svc.clone();
                 svc.managed_fields_mut().clear();
                 let ns = svc.namespace().unwrap_or_default();
                 let name = svc.name_any();
@@ -157,70 +278,77 @@ impl Store {
                 });
                 services.insert(name, svc);
                 if changed {
-                    signal(&objects, &ns);
+                    self.signal(Signal::Namespace(ns));
                 }
             }
-            Event::Delete(svc) => {
+            Event::Delete(svc) if served(svc) => {
                 let ns = svc.namespace().unwrap_or_default();
                 if let Some(services) = objects.services.get_mut(&ns) {
                     services.remove(&svc.name_any());
                 }
-                signal(&objects, &ns);
+                self.signal(Signal::Namespace(ns));
             }
-            Event::Init => objects.services.clear(),
+            Event::Apply(_) | Event::InitApply(_) | Event::Delete(_) => {}
+            Event::Init => {
+                objects.services.clear();
+                objects.services_listed = false;
+            }
             Event::InitDone => {
-                let _ = tx.send(Signal::AllNamespaces);
+                objects.services_listed = true;
+                self.signal(Signal::AllNamespaces);
             }
         }
     }
 
-    fn node_event(&self, event: Event<Node>, tx: &mpsc::UnboundedSender<Signal>) {
+    /// The reconciler's share of the webhook's Node watch.
+    pub fn node_event(&self, event: &Event<Node>) {
         let mut objects = self.lock();
         match event {
             Event::Apply(node) | Event::InitApply(node) => {
-                let node = slim_node(node);
+                let node = slim_node(node.clone());
                 let name = node.name_any();
                 let changed = objects
                     .nodes
                     .get(&name)
                     .is_none_or(|old| NodeView::from_node(old) != NodeView::from_node(&node));
                 objects.nodes.insert(name, node);
-                if changed {
-                    let _ = tx.send(Signal::AllNamespaces);
+                if changed && matches!(event, Event::Apply(_)) {
+                    self.signal(Signal::AllNamespaces);
                 }
             }
             Event::Delete(node) => {
                 objects.nodes.remove(&node.name_any());
-                let _ = tx.send(Signal::AllNamespaces);
+                self.signal(Signal::AllNamespaces);
             }
-            Event::Init => objects.nodes.clear(),
+            Event::Init => {
+                objects.nodes.clear();
+                objects.nodes_listed = false;
+            }
             Event::InitDone => {
-                let _ = tx.send(Signal::AllNamespaces);
+                objects.nodes_listed = true;
+                self.signal(Signal::AllNamespaces);
             }
         }
     }
 }
 
-async fn watch_kind<K>(api: Api<K>, mut on_event: impl FnMut(Event<K>) + Send + 'static)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(event) => on_event(event),
-            Err(err) => {
-                tracing::warn!(kind = K::kind(&()).as_ref(), error = %err, "reconciler watch error; retrying")
-            }
-        }
-    }
+/// The same pods, by namespace, name and what a reconcile reads of them.
+fn same_pods(
+    a: &BTreeMap<String, BTreeMap<String, Pod>>,
+    b: &BTreeMap<String, BTreeMap<String, Pod>>,
+) -> bool {
+    let non_empty = |m: &BTreeMap<String, BTreeMap<String, Pod>>| {
+        m.iter().filter(|(_, p)| !p.is_empty()).count()
+    };
+    non_empty(a) == non_empty(b)
+        && a.iter().filter(|(_, p)| !p.is_empty()).all(|(ns, pods)| {
+            b.get(ns).is_some_and(|o| {
+                o.len() == pods.len()
+                    && pods
+                        .iter()
+                        .all(|(name, p)| o.get(name).is_some_and(|q| !pod_changed(q, p)))
+            })
+        })
 }
 
 /// A watched pod's Memgraph facts, as the webhook reads them (`decision::pod`).
@@ -243,7 +371,7 @@ pub fn memgraph_facts(pod: &Pod, recognition: &Recognition) -> Option<Facts> {
     })
 }
 
-/// What a reconcile reads of a pod: IPs, readiness, node, labels, annotations, spec.
+/// What a reconcile reads of a pod: IPs, readiness, node, labels, annotations, owner, spec.
 fn pod_changed(old: &Pod, new: &Pod) -> bool {
     let facts = |p: &Pod| {
         let status = p.status.as_ref();
@@ -260,6 +388,7 @@ fn pod_changed(old: &Pod, new: &Pod) -> bool {
             p.spec.as_ref().and_then(|s| s.node_name.clone()),
             p.metadata.labels.clone(),
             p.metadata.annotations.clone(),
+            p.metadata.owner_references.clone(),
         )
     };
     facts(old) != facts(new) || old.spec != new.spec

@@ -134,7 +134,9 @@ pub struct SyncArgs {
     /// Execute the plan (Memgraph 3.8+); without it, only print it.
     #[arg(long, env = "MAI_APPLY")]
     pub apply: bool,
-    /// The Memgraph version; asked with SHOW VERSION when absent.
+    /// The Memgraph version. When absent: the coordinator pods' version as the webhook reads
+    /// it (annotation, image tag); when that names none (`latest`, a digest), UPDATE CONFIG
+    /// is tried on the leader and its answer decides (coordinators refuse SHOW VERSION).
     #[arg(long, env = "MAI_MEMGRAPH_VERSION", value_parser = clap::value_parser!(Version))]
     pub memgraph_version: Option<Version>,
     /// Replication port of data instances, for the REGISTER INSTANCE statements printed
@@ -165,10 +167,21 @@ pub enum RoutingError {
     Kube { what: &'static str, message: String },
     #[error("routing sync needs a cluster view to know the external addresses: pass --cluster FILE or --in-cluster")]
     NoClusterView,
-    #[error("SHOW VERSION on {address} gave no version ({got}); pass --memgraph-version")]
-    NoVersion { address: String, got: String },
-    #[error("{statement:?} needs the leader, and no leader is reachable: {tried}")]
-    NoLeader { statement: String, tried: String },
+    #[error("SHOW INSTANCES on {address} names no leader (a coordinator that cannot reach the leader answers its own view); run again once the cluster has a leader")]
+    NoLeader { address: String },
+    #[error("UPDATE CONFIG must run on the leader {leader} ({why_leader}), and {problem}; run routing sync in the cluster with --in-cluster, or pass --bolt with the leader's address")]
+    LeaderNotReachable {
+        leader: String,
+        why_leader: String,
+        problem: String,
+    },
+    #[error("the leader refused {statement:?}: {cause}. The Memgraph version is not known (the coordinators' image tag names none, e.g. `latest` or a digest): pass --memgraph-version, or set the annotation {annotation} on the coordinator pods. If it is older than 3.8, which has no UPDATE CONFIG, register again by hand: {by_hand}")]
+    UnknownVersionRefused {
+        statement: String,
+        cause: Box<BoltError>,
+        annotation: &'static str,
+        by_hand: String,
+    },
 }
 
 pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
@@ -242,12 +255,21 @@ impl Connector {
 
     /// The coordinator named by --bolt.
     pub async fn connect(&self) -> Result<Connection, RoutingError> {
-        Ok(self.connect_to(&self.uri.address).await?)
+        Ok(Connection::connect(&self.uri.address, &self.options).await?)
     }
 
-    /// Another server, with the same TLS settings and credentials.
-    pub async fn connect_to(&self, address: &BoltAddress) -> Result<Connection, BoltError> {
-        Connection::connect(address, &self.options).await
+    /// A coordinator pod by its IP, with the same TLS settings and credentials; its
+    /// certificate is checked against `tls_name` (the chart's per-instance Service name).
+    pub async fn connect_to_pod(
+        &self,
+        address: &BoltAddress,
+        tls_name: Option<String>,
+    ) -> Result<Connection, BoltError> {
+        let mut options = self.options.clone();
+        if matches!(options.transport, bolt::Transport::Tls(_)) {
+            options.tls_server_name = tls_name;
+        }
+        Connection::connect(address, &options).await
     }
 }
 
@@ -534,27 +556,22 @@ pub(crate) async fn show_instances(conn: &mut Connection) -> Result<Vec<Instance
     Ok(plan::instances(&result)?)
 }
 
-pub(crate) async fn memgraph_version(conn: &mut Connection) -> Result<Version, RoutingError> {
-    let result = conn.run("SHOW VERSION").await?;
-    let got = result
-        .records
-        .first()
-        .and_then(|r| r.first())
-        .map(|v| v.display())
-        .unwrap_or_default();
-    Version::parse(&got).ok_or(RoutingError::NoVersion {
-        address: conn.address().to_string(),
-        got,
-    })
-}
-
-fn print_plan(plan: &Plan, version: Version, apply: bool) {
-    println!("Memgraph {version}: {}", plan.mode);
+fn print_plan(plan: &Plan, apply: bool) {
+    match plan.version {
+        Some(version) => println!("Memgraph {version}: {}", plan.mode),
+        None => println!(
+            "Memgraph version unknown (no version in the coordinators' image tag): {}, if the leader accepts it",
+            plan.mode
+        ),
+    }
     for name in &plan.unchanged {
         println!("ok        {name}: already registered with its external address");
     }
     for (name, why) in &plan.unresolved {
         println!("unknown   {name}: {why}");
+    }
+    for (name, why) in &plan.refused {
+        println!("refused   {name}: {why}");
     }
     for change in &plan.changes {
         println!(
@@ -569,9 +586,9 @@ fn print_plan(plan: &Plan, version: Version, apply: bool) {
     match (&plan.mode, apply) {
         (Mode::UpdateConfig, true) => println!("applying on the leader:"),
         (Mode::UpdateConfig, false) => println!("dry run; --apply executes on the leader:"),
-        (Mode::Reregister, _) => {
-            println!("run on the leader, after removing each old registration (UNREGISTER INSTANCE name; a MAIN must be demoted first):")
-        }
+        (Mode::Reregister, _) => println!(
+            "run on the leader, in this order (a MAIN must be demoted or failed over before UNREGISTER INSTANCE):"
+        ),
     }
     for change in &plan.changes {
         for statement in &change.statements {
@@ -580,60 +597,76 @@ fn print_plan(plan: &Plan, version: Version, apply: bool) {
     }
 }
 
-/// Runs a statement on the leader: on `conn` first; when that coordinator says it is not the
-/// leader, on the leader's external address, then its registered one.
-async fn on_leader(
-    conn: &mut Connection,
-    statement: &str,
+/// Where UPDATE CONFIG goes. On 3.9+ any coordinator forwards it, so the one at hand. On
+/// 3.8 (and an unknown version) the leader itself, found by SHOW INSTANCES' role column:
+/// the coordinator at hand when --bolt names the leader (its pod IP, or the address it is
+/// registered or exposed under), else the leader's pod IP from the cluster view, with the
+/// same TLS and credentials. Never an address the server reports: credentials go only where
+/// the operator or the API server points.
+async fn writer<'c>(
+    conn: &'c mut Connection,
+    leader_conn: &'c mut Option<Connection>,
+    plan: &Plan,
     instances: &[Instance],
     desired: &BTreeMap<String, Desired>,
+    cluster: &RoutingCluster,
     connector: &Connector,
-) -> Result<(), RoutingError> {
-    let message = match conn.run(statement).await {
-        Ok(_) => return Ok(()),
-        Err(BoltError::Query { message, .. })
-            if message.to_ascii_lowercase().contains("leader") =>
-        {
-            message
-        }
-        Err(e) => return Err(e.into()),
+) -> Result<&'c mut Connection, RoutingError> {
+    if !plan::needs_leader(plan.version) {
+        return Ok(conn);
+    }
+    let leader = instances
+        .iter()
+        .find(|i| i.is_leader())
+        .ok_or_else(|| RoutingError::NoLeader {
+            address: conn.address().to_string(),
+        })?;
+    let why_leader = match plan.version {
+        Some(v) => format!("Memgraph {v} does not forward it"),
+        None => "the version is unknown, and 3.8 does not forward it".to_string(),
     };
-    let leader = instances.iter().find(|i| i.is_leader());
-    let mut candidates = Vec::new();
-    if let Some(leader) = leader {
-        if let Some(Desired::Address { address, .. }) = desired.get(&leader.name) {
-            candidates.push(address.clone());
-        }
-        candidates.push(leader.bolt_server.clone());
+    let endpoint = target_of(leader, cluster)
+        .and_then(|t| cluster.pod_for(&t))
+        .and_then(|p| cluster.pod_endpoint(p));
+    let at_hand = conn.address().to_string();
+    let mut names = vec![leader.bolt_server.clone()];
+    if let Some(Desired::Address { address, .. }) = desired.get(&leader.name) {
+        names.push(address.clone());
     }
-    let mut tried = vec![format!("{}: {message}", conn.address())];
-    for candidate in candidates {
-        let address = match uri::BoltUri::parse(&candidate) {
-            Ok(uri) => uri.address,
-            Err(e) => {
-                tried.push(e.to_string());
-                continue;
-            }
-        };
-        let attempt = async {
-            let mut leader_conn = connector.connect_to(&address).await?;
-            leader_conn.run(statement).await?;
-            Ok::<_, BoltError>(leader_conn)
-        };
-        match attempt.await {
-            Ok(leader_conn) => {
-                println!("  (on the leader at {})", leader_conn.address());
-                let old = std::mem::replace(conn, leader_conn);
-                old.close().await;
-                return Ok(());
-            }
-            Err(e) => tried.push(e.to_string()),
-        }
+    if let Some((ip, port, _)) = &endpoint {
+        names.push(crate::decision::hostport::format_host_port(ip, *port));
     }
-    Err(RoutingError::NoLeader {
-        statement: statement.to_string(),
-        tried: tried.join("; "),
-    })
+    if names.iter().any(|n| same_address(n, &at_hand)) {
+        return Ok(conn);
+    }
+    let Some((ip, port, tls_name)) = endpoint else {
+        return Err(RoutingError::LeaderNotReachable {
+            leader: leader.name.clone(),
+            why_leader,
+            problem: format!("--bolt {at_hand} is not it and the cluster view has no pod IP for it"),
+        });
+    };
+    let address = BoltAddress { host: ip, port };
+    match connector.connect_to_pod(&address, tls_name).await {
+        Ok(c) => {
+            println!("  (on the leader {} at its pod IP {})", leader.name, c.address());
+            Ok(leader_conn.insert(c))
+        }
+        Err(e) => Err(RoutingError::LeaderNotReachable {
+            leader: leader.name.clone(),
+            why_leader,
+            problem: format!("its pod IP cannot be reached: {e}"),
+        }),
+    }
+}
+
+/// Two `host:port` strings name the same endpoint (case and a trailing dot aside).
+fn same_address(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let (host, port) = s.rsplit_once(':').unwrap_or((s, ""));
+        (host.trim_end_matches('.').to_ascii_lowercase(), port.to_string())
+    };
+    norm(a) == norm(b)
 }
 
 /// What `routing sync` does once it has a plan (pure; the exit codes of its --help).
@@ -646,19 +679,24 @@ pub enum AfterPlan {
 }
 
 pub fn after_plan(plan: &Plan, apply: bool) -> AfterPlan {
+    // A value from the cluster that cannot be registered is an input error: exit 2 once
+    // everything else is done, so that a CronJob fails and someone looks.
+    let floor = if plan.refused.is_empty() { 0 } else { 2 };
     match (&plan.mode, plan.changes.is_empty(), apply) {
         // Unresolved instances are reported, not failed: a later run picks them up.
-        (_, true, _) => AfterPlan::Exit(0),
+        (_, true, _) => AfterPlan::Exit(floor),
         // 3.0-3.7: the statements are printed for an operator; nothing here can run them.
-        (Mode::Reregister, false, _) => AfterPlan::Exit(0),
-        (Mode::UpdateConfig, false, false) => AfterPlan::Exit(1),
+        (Mode::Reregister, false, _) => AfterPlan::Exit(floor),
+        (Mode::UpdateConfig, false, false) => AfterPlan::Exit(floor.max(1)),
         (Mode::UpdateConfig, false, true) => AfterPlan::Apply,
     }
 }
 
 /// The exit code after --apply, from planning again against the new SHOW INSTANCES.
 pub fn after_apply(again: &Plan) -> i32 {
-    if again.changes.is_empty() {
+    if !again.refused.is_empty() {
+        2
+    } else if again.changes.is_empty() {
         0
     } else {
         1
@@ -670,28 +708,38 @@ async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
     let cluster = load_cluster(&args.cluster)
         .await?
         .ok_or(RoutingError::NoClusterView)?;
+    let version = args
+        .memgraph_version
+        .or_else(|| cluster.memgraph_version(&args.cluster.namespace));
     let mut conn = connector.connect().await?;
-    let version = match args.memgraph_version {
-        Some(v) => v,
-        None => memgraph_version(&mut conn).await?,
-    };
     let instances = show_instances(&mut conn).await?;
     let desired = desired_addresses(&instances, &cluster, args.cluster.bolt_port);
     let plan = plan::plan(&instances, &desired, version, args.replication_port)?;
-    print_plan(&plan, version, args.apply);
+    print_plan(&plan, args.apply);
+    for (name, why) in &plan.refused {
+        eprintln!("refused {name}: {why}");
+    }
     if let AfterPlan::Exit(code) = after_plan(&plan, args.apply) {
         conn.close().await;
         return Ok(code);
     }
-    for change in &plan.changes {
-        for statement in &change.statements {
-            on_leader(&mut conn, statement, &instances, &desired, &connector).await?;
-            println!("  done: {statement}");
-        }
+    let mut leader_conn = None;
+    let result = apply_plan(
+        &mut conn,
+        &mut leader_conn,
+        &plan,
+        &instances,
+        &desired,
+        &cluster,
+        &connector,
+    )
+    .await;
+    if let Some(c) = leader_conn {
+        c.close().await;
     }
-    // Idempotence, checked: planning again against the new state finds nothing to do.
-    let after = show_instances(&mut conn).await?;
     conn.close().await;
+    let after = result?;
+    // Idempotence, checked: planning again against the new state finds nothing to do.
     let desired = desired_addresses(&after, &cluster, args.cluster.bolt_port);
     let again = plan::plan(&after, &desired, version, args.replication_port)?;
     if again.is_empty() {
@@ -709,7 +757,44 @@ async fn sync(args: SyncArgs) -> Result<i32, RoutingError> {
             left.join(", ")
         );
     }
+    for (name, why) in &again.refused {
+        eprintln!("refused {name}: {why}");
+    }
     Ok(after_apply(&again))
+}
+
+/// Runs the plan's statements where they must run, then reads SHOW INSTANCES back there.
+async fn apply_plan(
+    conn: &mut Connection,
+    leader_conn: &mut Option<Connection>,
+    plan: &Plan,
+    instances: &[Instance],
+    desired: &BTreeMap<String, Desired>,
+    cluster: &RoutingCluster,
+    connector: &Connector,
+) -> Result<Vec<Instance>, RoutingError> {
+    let writer = writer(conn, leader_conn, plan, instances, desired, cluster, connector).await?;
+    for change in &plan.changes {
+        for statement in &change.statements {
+            match writer.run(statement).await {
+                Ok(_) => println!("  done: {statement}"),
+                // The version is unknown and the leader refused: say both ways out instead
+                // of reading its message (what it means is not ours to parse).
+                Err(cause @ BoltError::Query { .. }) if plan.version.is_none() => {
+                    let by_hand: Vec<String> =
+                        plan.changes.iter().flat_map(|c| c.by_hand.clone()).collect();
+                    return Err(RoutingError::UnknownVersionRefused {
+                        statement: statement.clone(),
+                        cause: Box::new(cause),
+                        annotation: crate::decision::pod::VERSION_ANNOTATION,
+                        by_hand: by_hand.join("; "),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    show_instances(writer).await
 }
 
 #[cfg(test)]
@@ -720,6 +805,8 @@ mod tests {
     fn plan_with(mode: Mode, changes: usize, unresolved: usize) -> Plan {
         Plan {
             mode,
+            version: None,
+            refused: vec![],
             changes: (0..changes)
                 .map(|i| Change {
                     instance: format!("instance_{i}"),
@@ -727,6 +814,7 @@ mod tests {
                     to: "203.0.113.5:30020".into(),
                     source: "test".into(),
                     statements: vec!["UPDATE CONFIG ...".into()],
+                    by_hand: vec![],
                 })
                 .collect(),
             unchanged: vec![],
@@ -757,6 +845,31 @@ mod tests {
                 AfterPlan::Exit(0)
             );
         }
+    }
+
+    #[test]
+    fn sync_exits_2_when_the_cluster_gives_a_value_that_is_not_a_host() {
+        for apply in [false, true] {
+            for changes in [0, 2] {
+                let mut plan = plan_with(Mode::UpdateConfig, changes, 0);
+                plan.refused
+                    .push(("instance_0".into(), "db.example.com:7687 is not a host".into()));
+                let expected = if changes > 0 && apply {
+                    AfterPlan::Apply
+                } else {
+                    AfterPlan::Exit(2)
+                };
+                assert_eq!(after_plan(&plan, apply), expected);
+                assert_eq!(after_apply(&plan), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn the_leader_is_recognised_under_any_address_it_is_known_by() {
+        assert!(same_address("Memgraph-Coordinator-1.ns.svc.cluster.local.:7687", "memgraph-coordinator-1.ns.svc.cluster.local:7687"));
+        assert!(!same_address("10.0.0.1:7687", "10.0.0.1:7688"));
+        assert!(!same_address("10.0.0.1:7687", "10.0.0.2:7687"));
     }
 
     #[test]

@@ -14,8 +14,32 @@ use super::bolt::QueryResult;
 use super::packstream::Value;
 use crate::decision::pod::Version;
 
+/// `UPDATE CONFIG FOR ...` is in the grammar from 3.8 (coordinatorQuery in
+/// src/query/frontend/opencypher/grammar/MemgraphCypher.g4, v3.8.0; absent at v3.7.2).
 pub const UPDATE_CONFIG_SINCE: Version = Version::new(3, 8, 0);
+/// From 3.9 a follower forwards UPDATE CONFIG to the leader; at 3.8.x it answers "Couldn't
+/// update config because appending to Raft log failed." (shared/memgraph-ha.md).
+pub const FORWARDS_TO_LEADER_SINCE: Version = Version::new(3, 9, 0);
 pub const REGISTRATION_SINCE: Version = Version::new(3, 0, 0);
+
+/// Must an `UPDATE CONFIG` be sent to the leader itself? On 3.8.x, and whenever the version
+/// is not known (`latest`, a digest): the leader is right on every version.
+pub fn needs_leader(version: Option<Version>) -> bool {
+    version.is_none_or(|v| v < FORWARDS_TO_LEADER_SINCE)
+}
+
+/// Can Memgraph store this `bolt_server`? It splits the value on ':' and refuses more than
+/// two parts (ParseAndCreateSocketOrAddress, src/io/network/endpoint.cpp, v3.8.0 to
+/// v3.12.0), so no IPv6 literal can be registered, bracketed or not.
+pub fn registrable(address: &str) -> Result<(), String> {
+    if address.split(':').count() == 2 {
+        return Ok(());
+    }
+    Err(format!(
+        "{address} is an IPv6 address, which Memgraph cannot register (it splits bolt_server on ':'; src/io/network/endpoint.cpp); give the Service a DNS name with the annotation {}",
+        crate::decision::view::EXTERNAL_HOST_ANNOTATION
+    ))
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -128,7 +152,11 @@ pub struct Change {
     pub from: String,
     pub to: String,
     pub source: String,
+    /// What the plan's mode runs (UPDATE CONFIG) or prints (3.0-3.7).
     pub statements: Vec<String>,
+    /// With the version unknown: what to run by hand if the leader refuses UPDATE CONFIG
+    /// (it is older than 3.8). Empty when the version is known.
+    pub by_hand: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,11 +170,17 @@ pub enum Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub mode: Mode,
+    /// The version planned for; `None`: unknown (an image tag such as `latest`), so UPDATE
+    /// CONFIG is tried on the leader and what it accepts decides.
+    pub version: Option<Version>,
     pub changes: Vec<Change>,
     /// Instances whose registered address already is the external one.
     pub unchanged: Vec<String>,
     /// Instances whose external address is not known, with the reason.
     pub unresolved: Vec<(String, String)>,
+    /// Instances whose external address the cluster gives as a value that is not a host, or
+    /// one Memgraph cannot register (IPv6): nothing is written for them.
+    pub refused: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -176,8 +210,13 @@ fn quoted(text: &str) -> Result<String, PlanError> {
     Ok(format!("'{text}'"))
 }
 
+/// An instance name as an unquoted Cypher symbolic name: a digit-first name would be a
+/// syntax error (symbolicName in MemgraphCypher.g4), so it is refused here.
 fn identifier(text: &str) -> Result<&str, PlanError> {
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if text.is_empty()
+        || text.starts_with(|c: char| c.is_ascii_digit())
+        || !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         return Err(PlanError::Unquotable(text.to_string()));
     }
     Ok(text)
@@ -210,17 +249,28 @@ fn statements(
             "UPDATE CONFIG FOR INSTANCE {} {{'bolt_server': {to}}}",
             identifier(&instance.name)?
         )],
-        (Mode::Reregister, Kind::Coordinator { id }) => vec![format!(
-            "ADD COORDINATOR {id} WITH CONFIG {{'bolt_server': {to}, 'coordinator_server': {}, 'management_server': {}}}",
-            quoted(&instance.coordinator_server)?,
-            quoted(&instance.management_server)?
-        )],
-        (Mode::Reregister, Kind::Data) => vec![format!(
-            "REGISTER INSTANCE {} WITH CONFIG {{'bolt_server': {to}, 'management_server': {}, 'replication_server': {}}}",
-            identifier(&instance.name)?,
-            quoted(&instance.management_server)?,
-            quoted(&replication_server(instance, replication_port))?
-        )],
+        // 3.0-3.7 cannot change a registration: a coordinator is removed (REMOVE COORDINATOR,
+        // removeCoordinatorInstance in MemgraphCypher.g4 v3.0.0) and added again (adding an
+        // id that exists fails); a data instance is unregistered and registered again.
+        (Mode::Reregister, Kind::Coordinator { id }) => vec![
+            format!("REMOVE COORDINATOR {id}"),
+            format!(
+                "ADD COORDINATOR {id} WITH CONFIG {{'bolt_server': {to}, 'coordinator_server': {}, 'management_server': {}}}",
+                quoted(&instance.coordinator_server)?,
+                quoted(&instance.management_server)?
+            ),
+        ],
+        (Mode::Reregister, Kind::Data) => {
+            let name = identifier(&instance.name)?;
+            vec![
+                format!("UNREGISTER INSTANCE {name}"),
+                format!(
+                    "REGISTER INSTANCE {name} WITH CONFIG {{'bolt_server': {to}, 'management_server': {}, 'replication_server': {}}}",
+                    quoted(&instance.management_server)?,
+                    quoted(&replication_server(instance, replication_port))?
+                ),
+            ]
+        }
     })
 }
 
@@ -229,21 +279,22 @@ fn statements(
 pub fn plan(
     instances: &[Instance],
     desired: &BTreeMap<String, Desired>,
-    version: Version,
+    version: Option<Version>,
     replication_port: u16,
 ) -> Result<Plan, PlanError> {
-    let mode = if version >= UPDATE_CONFIG_SINCE {
-        Mode::UpdateConfig
-    } else if version >= REGISTRATION_SINCE {
-        Mode::Reregister
-    } else {
-        return Err(PlanError::TooOld(version));
+    let mode = match version {
+        None => Mode::UpdateConfig,
+        Some(v) if v >= UPDATE_CONFIG_SINCE => Mode::UpdateConfig,
+        Some(v) if v >= REGISTRATION_SINCE => Mode::Reregister,
+        Some(v) => return Err(PlanError::TooOld(v)),
     };
     let mut plan = Plan {
         mode,
+        version,
         changes: Vec::new(),
         unchanged: Vec::new(),
         unresolved: Vec::new(),
+        refused: Vec::new(),
     };
     for instance in instances {
         match desired.get(&instance.name) {
@@ -251,19 +302,28 @@ pub fn plan(
                 instance.name.clone(),
                 "no external address was looked up".into(),
             )),
-            Some(Desired::Unknown(why) | Desired::Invalid(why)) => {
+            Some(Desired::Unknown(why)) => {
                 plan.unresolved.push((instance.name.clone(), why.clone()))
             }
+            Some(Desired::Invalid(why)) => plan.refused.push((instance.name.clone(), why.clone())),
             Some(Desired::Address { address, .. }) if *address == instance.bolt_server => {
                 plan.unchanged.push(instance.name.clone())
             }
-            Some(Desired::Address { address, source }) => plan.changes.push(Change {
-                instance: instance.name.clone(),
-                from: instance.bolt_server.clone(),
-                to: address.clone(),
-                source: source.clone(),
-                statements: statements(instance, address, &plan.mode, replication_port)?,
-            }),
+            Some(Desired::Address { address, source }) => match registrable(address) {
+                Err(why) => plan.refused.push((instance.name.clone(), why)),
+                Ok(()) => plan.changes.push(Change {
+                    instance: instance.name.clone(),
+                    from: instance.bolt_server.clone(),
+                    to: address.clone(),
+                    source: source.clone(),
+                    statements: statements(instance, address, &plan.mode, replication_port)?,
+                    by_hand: if version.is_none() {
+                        statements(instance, address, &Mode::Reregister, replication_port)?
+                    } else {
+                        Vec::new()
+                    },
+                }),
+            },
         }
     }
     Ok(plan)
@@ -397,7 +457,7 @@ mod tests {
             "instance_1".into(),
             Desired::Unknown("LoadBalancer pending".into()),
         );
-        let p = plan(&all, &want, Version::new(3, 8, 0), 20000).unwrap();
+        let p = plan(&all, &want, Some(Version::new(3, 8, 0)), 20000).unwrap();
         assert_eq!(p.mode, Mode::UpdateConfig);
         let statements: Vec<_> = p
             .changes
@@ -427,7 +487,7 @@ mod tests {
             ("instance_0", "203.0.113.5:30020"),
             ("instance_1", "203.0.113.5:30021"),
         ]);
-        let first = plan(&all, &want, Version::new(3, 9, 1), 20000).unwrap();
+        let first = plan(&all, &want, Some(Version::new(3, 9, 1)), 20000).unwrap();
         assert_eq!(first.changes.len(), 4);
         // Apply: the registered addresses become the external ones.
         let applied: Vec<Instance> = all
@@ -439,7 +499,7 @@ mod tests {
                 i
             })
             .collect();
-        let second = plan(&applied, &want, Version::new(3, 9, 1), 20000).unwrap();
+        let second = plan(&applied, &want, Some(Version::new(3, 9, 1)), 20000).unwrap();
         assert!(second.is_empty());
         assert_eq!(second.unchanged.len(), 4);
     }
@@ -451,7 +511,7 @@ mod tests {
             ("coordinator_2", "203.0.113.5:30012"),
             ("instance_1", "203.0.113.5:30021"),
         ]);
-        let p = plan(&all, &want, Version::new(3, 7, 2), 20000).unwrap();
+        let p = plan(&all, &want, Some(Version::new(3, 7, 2)), 20000).unwrap();
         assert_eq!(p.mode, Mode::Reregister);
         let statements: Vec<_> = p
             .changes
@@ -461,7 +521,9 @@ mod tests {
         assert_eq!(
             statements,
             [
+                "REMOVE COORDINATOR 2",
                 "ADD COORDINATOR 2 WITH CONFIG {'bolt_server': '203.0.113.5:30012', 'coordinator_server': 'memgraph-coordinator-2.default.svc.cluster.local:12000', 'management_server': 'memgraph-coordinator-2.default.svc.cluster.local:10000'}",
+                "UNREGISTER INSTANCE instance_1",
                 "REGISTER INSTANCE instance_1 WITH CONFIG {'bolt_server': '203.0.113.5:30021', 'management_server': 'memgraph-data-1.default.svc.cluster.local:10000', 'replication_server': 'memgraph-data-1.default.svc.cluster.local:20000'}",
             ]
         );
@@ -471,12 +533,54 @@ mod tests {
     fn before_3_0_there_is_no_plan_and_bad_text_is_refused() {
         let all = instances(&chart_rows()).unwrap();
         assert_eq!(
-            plan(&all, &BTreeMap::new(), Version::new(2, 22, 0), 20000),
+            plan(&all, &BTreeMap::new(), Some(Version::new(2, 22, 0)), 20000),
             Err(PlanError::TooOld(Version::new(2, 22, 0)))
         );
         let evil = desired(&[("instance_0", "x'}) DETACH DELETE n //:1")]);
         assert!(matches!(
-            plan(&all, &evil, Version::new(3, 8, 0), 20000),
+            plan(&all, &evil, Some(Version::new(3, 8, 0)), 20000),
+            Err(PlanError::Unquotable(_))
+        ));
+    }
+    #[test]
+    fn an_unknown_version_tries_update_config_and_keeps_the_statements_by_hand() {
+        let all = instances(&chart_rows()).unwrap();
+        let want = desired(&[("instance_1", "203.0.113.5:30021")]);
+        let p = plan(&all, &want, None, 20000).unwrap();
+        assert_eq!(p.mode, Mode::UpdateConfig);
+        assert_eq!(p.version, None);
+        assert_eq!(
+            p.changes[0].statements,
+            ["UPDATE CONFIG FOR INSTANCE instance_1 {'bolt_server': '203.0.113.5:30021'}"]
+        );
+        assert_eq!(p.changes[0].by_hand[0], "UNREGISTER INSTANCE instance_1");
+        assert!(needs_leader(None));
+        assert!(needs_leader(Some(Version::new(3, 8, 1))));
+        assert!(!needs_leader(Some(Version::new(3, 9, 0))));
+    }
+
+    #[test]
+    fn an_ipv6_address_is_refused_before_any_statement() {
+        let all = instances(&chart_rows()).unwrap();
+        let want = desired(&[
+            ("instance_0", "[2001:db8::5]:30020"),
+            ("instance_1", "2001:db8::6:30021"),
+            ("coordinator_1", "203.0.113.5:30011"),
+        ]);
+        let p = plan(&all, &want, Some(Version::new(3, 12, 0)), 20000).unwrap();
+        assert_eq!(p.changes.len(), 1, "{p:?}");
+        let refused: Vec<_> = p.refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(refused, ["instance_0", "instance_1"]);
+        assert!(p.refused[0].1.contains("IPv6"), "{}", p.refused[0].1);
+    }
+
+    #[test]
+    fn a_digit_first_instance_name_is_not_put_in_a_statement() {
+        let mut all = instances(&chart_rows()).unwrap();
+        all[3].name = "1instance".into();
+        let want = desired(&[("1instance", "203.0.113.5:30021")]);
+        assert!(matches!(
+            plan(&all, &want, Some(Version::new(3, 8, 0)), 20000),
             Err(PlanError::Unquotable(_))
         ));
     }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use crate::decision::address::{self, Resolution};
 use crate::decision::nodes::NodeRules;
-use crate::decision::pod::{self as pod_facts, SERVICE_ANNOTATION};
+use crate::decision::pod::{self as pod_facts, Version, SERVICE_ANNOTATION};
 use crate::decision::service::{self, ServiceChoice};
 use crate::decision::view::{ClusterState, NodeView, ServiceView};
 use crate::decision::{Config, ADDRESS_ANNOTATION};
@@ -64,8 +64,27 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub ips: Vec<String>,
+    /// The StatefulSet that controls the pod (the chart's instances all have one).
+    pub statefulset: Option<String>,
     /// `{"metadata", "spec"}` as JSON, decided as the webhook decides a pod.
     pub raw: String,
+}
+
+/// The name a coordinator's Bolt certificate carries: the chart's per-instance Service,
+/// named after the StatefulSet. A reconciler or `routing sync` dials the pod IP, so the
+/// certificate is checked against this name instead.
+pub fn tls_name(statefulset: &str, namespace: &str) -> String {
+    format!("{statefulset}.{namespace}.svc.cluster.local")
+}
+
+/// The StatefulSet that controls a pod (`controller: true`, apps/v1), if any.
+pub fn controlling_statefulset(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "StatefulSet" && o.api_version == "apps/v1" && o.controller == Some(true))
+        .map(|o| o.name.clone())
 }
 
 /// Services, Nodes and Pods as `routing` needs them.
@@ -150,6 +169,7 @@ impl RoutingCluster {
                 labels: meta.labels.clone().unwrap_or_default(),
                 annotations: meta.annotations.clone().unwrap_or_default(),
                 ips,
+                statefulset: controlling_statefulset(pod),
                 raw,
             });
         }
@@ -262,6 +282,66 @@ impl RoutingCluster {
             },
             (invalid @ External::Invalid(_), _) => invalid,
             (unknown, None) => unknown,
+        }
+    }
+
+    /// The Memgraph version of the coordinators in `namespace`, read as the webhook reads it
+    /// (the version annotation, then the image tag; never `SHOW VERSION`, which coordinators
+    /// refuse through 3.12). The lowest when they differ (a rolling upgrade); `None` when one
+    /// of them has no readable version (`latest`, a digest) or there is no coordinator.
+    pub fn memgraph_version(&self, namespace: &str) -> Option<Version> {
+        let mut lowest: Option<Version> = None;
+        for info in self.pods.iter().filter(|p| p.namespace == namespace) {
+            let Ok(pod) = serde_json::from_str::<pod_facts::Pod<'_>>(&info.raw) else {
+                continue;
+            };
+            let Ok(Some(mg)) = pod_facts::memgraph_pod(&pod, &self.config.recognition) else {
+                continue;
+            };
+            if mg.role != pod_facts::Role::Coordinator {
+                continue;
+            }
+            if mg.version_source == pod_facts::VersionSource::Default {
+                return None;
+            }
+            lowest = Some(lowest.map_or(mg.version, |v| v.min(mg.version)));
+        }
+        lowest
+    }
+
+    /// Where a coordinator pod listens for Bolt inside the cluster: its pod IP and Bolt port
+    /// (as the webhook reads it), with the name its certificate carries.
+    pub fn pod_endpoint(&self, info: &PodInfo) -> Option<(String, u16, Option<String>)> {
+        let ip = info
+            .ips
+            .iter()
+            .find(|ip| crate::decision::hostport::is_ip(ip))?
+            .clone();
+        let pod = serde_json::from_str::<pod_facts::Pod<'_>>(&info.raw).ok()?;
+        let mg = pod_facts::memgraph_pod(&pod, &self.config.recognition).ok()??;
+        let port = u16::try_from(mg.bolt_port).ok()?;
+        let name = info
+            .statefulset
+            .as_deref()
+            .map(|sts| tls_name(sts, &info.namespace));
+        Some((ip, port, name))
+    }
+
+    /// The pod a target names: the pod itself, or the first pod its Service selects.
+    pub fn pod_for(&self, target: &Target) -> Option<&PodInfo> {
+        match target {
+            Target::Pod { namespace, name } => self
+                .pods
+                .iter()
+                .find(|p| &p.namespace == namespace && &p.name == name),
+            Target::Service { namespace, name } => {
+                let svc = self.state.service(namespace, name)?;
+                self.pods.iter().find(|p| {
+                    &p.namespace == namespace
+                        && !svc.selector.is_empty()
+                        && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                })
+            }
         }
     }
 

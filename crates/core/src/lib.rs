@@ -412,6 +412,14 @@ pub fn decide_pod(
     };
     let mut decision = Decision::allow(Outcome::Injected);
     decision.role = Some(mg.role);
+    // Every HA instance is labelled, whatever its address, so that the routing reconciler
+    // watches only these pods (`pod::MANAGED_LABEL`).
+    if mg.role == Role::Coordinator || mg.management_port.is_some() {
+        decision.patch.extend(patch::metadata(pod));
+        decision
+            .patch
+            .extend(patch::labels(pod, &[(pod::MANAGED_LABEL, "true")]));
+    }
     decision.warnings.extend(mg.warnings.iter().cloned());
     let pod_name = pod.display_name();
 
@@ -518,7 +526,8 @@ pub fn decide_pod(
                     ),
                 )),
                 Some(blocker) => decision.warnings.push(Warning::new(
-                    format!("--coordinator-hostname left unchanged: {}", blocker.summary),
+                    // The failed condition first: the API server keeps only the start.
+                    format!("{}; --coordinator-hostname left unchanged", blocker.summary),
                     format!(
                         "--coordinator-hostname of coordinator {pod_name} (Memgraph {}) left unchanged because {}; its own ROUTE entry keeps its in-cluster name until you register the external address (routing sync) or upgrade to Memgraph 3",
                         mg.version, blocker.detail
@@ -531,6 +540,9 @@ pub fn decide_pod(
         }
     }
 
+    if pod.metadata.is_none() && decision.patch.is_empty() {
+        decision.patch.extend(patch::metadata(pod));
+    }
     decision.patch.extend(patch::annotations(
         pod,
         &[
@@ -579,7 +591,7 @@ fn hostname_rewrite_blocker(
 ) -> Option<Blocker> {
     if ext.port != mg.bolt_port {
         return blocker(
-            format!("external port {} is not the Bolt port {}", ext.port, mg.bolt_port),
+            format!("external port {} is not Bolt port {}", ext.port, mg.bolt_port),
             format!(
                 "the external port {} differs from the Bolt port {} (the flag carries a host only; use a LoadBalancer that exposes port {})",
                 ext.port, mg.bolt_port, mg.bolt_port
@@ -588,7 +600,7 @@ fn hostname_rewrite_blocker(
     }
     if is_ipv6_literal(&ext.host) {
         return blocker(
-            "the external host is an IPv6 literal",
+            "external host is an IPv6 literal",
             format!(
                 "the external host {} is an IPv6 literal, which the flag cannot carry; give the Service a DNS name with the annotation {}",
                 ext.host,
@@ -604,7 +616,7 @@ fn hostname_rewrite_blocker(
         // cannot prove the Service carries it, so we must not point Raft traffic at it.
         let Some(port) = port else {
             return blocker(
-                format!("the {what} port is not on the command line"),
+                format!("{what} port not on the command line"),
                 format!(
                     "the {what} port is not on the command line (or in the coordination variables), so it cannot be checked against Service {}; set --{what}-port explicitly",
                     service.name
@@ -616,7 +628,7 @@ fn hostname_rewrite_blocker(
         });
         if !exposed {
             return blocker(
-                format!("Service {} does not expose the {what} port {port}", service.name),
+                format!("Service {} lacks {what} port {port}", service.name),
                 format!(
                     "Service {} does not expose the {what} port {port} on the same number (add port {port} targeting {port} to it)",
                     service.name

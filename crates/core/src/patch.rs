@@ -29,9 +29,30 @@ fn replace(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Replace(ReplaceOperation { path, value })
 }
 
+/// An empty `metadata` when the pod has none, so that the label and annotation operations
+/// after it have a parent (a pod from the API server always has one).
+pub fn metadata(pod: &Pod<'_>) -> Vec<PatchOperation> {
+    if pod.metadata.is_some() {
+        return Vec::new();
+    }
+    vec![add(pointer(["metadata".into()]), json!({}))]
+}
+
 /// Pod annotations to set; emitted as one map when the pod has none.
 pub fn annotations(pod: &Pod<'_>, wanted: &[(&str, &str)]) -> Vec<PatchOperation> {
-    let existing = pod.annotations();
+    metadata_map("annotations", pod.annotations(), wanted)
+}
+
+/// Pod labels to set; emitted as one map when the pod has none.
+pub fn labels(pod: &Pod<'_>, wanted: &[(&str, &str)]) -> Vec<PatchOperation> {
+    metadata_map("labels", pod.labels(), wanted)
+}
+
+fn metadata_map<'a>(
+    field: &'static str,
+    existing: Option<&std::collections::BTreeMap<super::pod::Str<'a>, super::pod::Str<'a>>>,
+    wanted: &[(&str, &str)],
+) -> Vec<PatchOperation> {
     let changed: Vec<_> = wanted
         .iter()
         .filter(|(k, v)| existing.and_then(|a| a.get(*k)).map(|x| x.as_ref()) != Some(*v))
@@ -44,20 +65,16 @@ pub fn annotations(pod: &Pod<'_>, wanted: &[(&str, &str)]) -> Vec<PatchOperation
             .iter()
             .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
             .collect();
-        return vec![if pod.metadata.is_some() {
-            add(
-                pointer(["metadata".into(), "annotations".into()]),
-                Value::Object(map),
-            )
-        } else {
-            add(pointer(["metadata".into()]), json!({ "annotations": map }))
-        }];
+        return vec![add(
+            pointer(["metadata".into(), field.into()]),
+            Value::Object(map),
+        )];
     }
     changed
         .into_iter()
         .map(|(k, v)| {
             add(
-                pointer(["metadata".into(), "annotations".into(), (*k).into()]),
+                pointer(["metadata".into(), field.into(), (*k).into()]),
                 Value::String(v.to_string()),
             )
         })

@@ -11,6 +11,9 @@ use serde::Deserialize;
 pub const OPT_OUT_ANNOTATION: &str = "memgraph-address-injector/inject";
 pub const SERVICE_ANNOTATION: &str = "memgraph-address-injector/service";
 pub const VERSION_ANNOTATION: &str = "memgraph-address-injector/memgraph-version";
+/// Stamped (value `true`) on every Memgraph HA pod the webhook admits, so that the routing
+/// reconciler can watch just those pods instead of every pod of a namespace.
+pub const MANAGED_LABEL: &str = "memgraph-address-injector/managed";
 
 pub type Str<'a> = Cow<'a, str>;
 

@@ -186,7 +186,8 @@ struct ResponseOut<'a> {
 
 /// The AdmissionReview response for a decision.
 pub fn encode(uid: &str, decision: &super::Decision) -> Vec<u8> {
-    let patch = (!decision.patch.is_empty()).then(|| {
+    // A denied request carries no patch: there is nothing to patch.
+    let patch = (!decision.patch.is_empty() && decision.denial.is_none()).then(|| {
         let json = serde_json::to_vec(&decision.patch).unwrap_or_default();
         base64::engine::general_purpose::STANDARD.encode(json)
     });

@@ -59,6 +59,15 @@ impl Run {
     }
 }
 
+/// The patch writes nothing but the reconciler's label: no address, no flag.
+fn only_the_label(patch: &[json_patch::PatchOperation]) -> bool {
+    patch.iter().all(|op| {
+        serde_json::to_value(op).unwrap()["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/metadata/labels"))
+    })
+}
+
 /// Decides, applies the patch, and checks that the patched pod needs no further patch.
 fn run_with(pod: Value, cluster: &ClusterState, config: &Config) -> Run {
     let text = pod.to_string();
@@ -76,7 +85,12 @@ fn run_with(pod: Value, cluster: &ClusterState, config: &Config) -> Run {
             "not idempotent: second patch {:?}",
             second.patch
         );
-        assert_eq!(second.outcome, Outcome::Unchanged);
+        // Only the label may have been patched on a pod that gets no address.
+        let expected = match decision.outcome {
+            Outcome::Injected | Outcome::Unchanged => Outcome::Unchanged,
+            other => other,
+        };
+        assert_eq!(second.outcome, expected);
         assert_eq!(second.address, decision.address);
     }
     Run { decision, patched }
@@ -283,7 +297,7 @@ fn pending_loadbalancer_denies_naming_the_service_or_allows_with_warning() {
         message.contains("no status.loadBalancer.ingress"),
         "{message}"
     );
-    assert!(r.decision.patch.is_empty());
+    assert!(only_the_label(&r.decision.patch));
 
     let config = Config {
         on_pending: OnPending::Allow,
@@ -295,7 +309,7 @@ fn pending_loadbalancer_denies_naming_the_service_or_allows_with_warning() {
         &config,
     );
     assert!(r.decision.denial.is_none());
-    assert!(r.decision.patch.is_empty());
+    assert!(only_the_label(&r.decision.patch));
     assert!(r.warned("admitted without an external Bolt address"));
 }
 
@@ -429,7 +443,7 @@ fn headless_and_clusterip_services_never_match() {
         &Config::default(),
     );
     assert_eq!(r.decision.outcome, Outcome::NotExposed);
-    assert!(r.decision.patch.is_empty() && r.decision.denial.is_none());
+    assert!(only_the_label(&r.decision.patch) && r.decision.denial.is_none());
 }
 
 #[test]
@@ -806,7 +820,7 @@ fn bad_hosts_from_annotations_never_reach_a_pod() {
                 "{annotation} {bad:?}"
             );
             assert!(
-                r.decision.patch.is_empty(),
+                only_the_label(&r.decision.patch),
                 "{bad:?}: {:?}",
                 r.decision.patch
             );
@@ -821,7 +835,7 @@ fn bad_hosts_from_annotations_never_reach_a_pod() {
             };
             let r = run_with(pod.clone(), &cluster, &allow);
             assert!(r.decision.denial.is_none());
-            assert!(r.decision.patch.is_empty(), "never a rewritten flag");
+            assert!(only_the_label(&r.decision.patch), "never a rewritten flag");
             assert!(r.warned(annotation), "{:?}", r.decision.warnings);
         }
     }
@@ -891,7 +905,7 @@ fn when_every_node_address_of_a_type_is_not_a_host_the_pod_is_refused_by_name() 
     let r = run_with(pod.clone(), &cluster, &Config::default());
     // Not the InternalIP instead: that would turn an external address into an internal one.
     assert_eq!(r.decision.outcome, Outcome::InvalidHost);
-    assert!(r.decision.patch.is_empty(), "{:?}", r.decision.patch);
+    assert!(only_the_label(&r.decision.patch), "{:?}", r.decision.patch);
     let denial = r.decision.denial.expect("denied");
     assert!(
         denial.contains("ExternalIP")
@@ -908,7 +922,7 @@ fn when_every_node_address_of_a_type_is_not_a_host_the_pod_is_refused_by_name() 
         ..Config::default()
     };
     let r = run_with(pod, &cluster, &allow);
-    assert!(r.decision.denial.is_none() && r.decision.patch.is_empty());
+    assert!(r.decision.denial.is_none() && only_the_label(&r.decision.patch));
     assert!(r.warned("ExternalIP"), "{:?}", r.decision.warnings);
 }
 
@@ -1134,4 +1148,48 @@ fn external_traffic_policy_local_uses_the_pods_node_once_scheduled() {
         address::resolve(&cluster, &svc, &svc.ports[0], &rules),
         Resolution::Pending(why) if why.contains("gone-node")
     ));
+}
+
+#[test]
+fn every_ha_pod_gets_the_reconciler_label_once() {
+    let r = run("pods/coordinator-3x.yaml", "nodeport.yaml");
+    assert_eq!(
+        r.patched["metadata"]["labels"][pod::MANAGED_LABEL],
+        serde_json::json!("true")
+    );
+    // Not exposed: no address, but still labelled, so the reconciler follows it.
+    let r = run_with(pod_value("pods/coordinator-3x.yaml"), &ClusterState::default(), &Config::default());
+    assert_eq!(r.decision.outcome, Outcome::NotExposed);
+    assert!(only_the_label(&r.decision.patch) && !r.decision.patch.is_empty());
+}
+
+/// The chart 0.1.6 shape: a per-coordinator LoadBalancer exposing only 7687. The API server
+/// keeps the start of a warning, so the failed condition (the Service and the port it
+/// lacks) must be in its first 100 characters.
+#[test]
+fn the_2_22_hostname_warning_names_the_service_and_the_missing_port_first() {
+    let mut cluster = state("loadbalancer.json");
+    let mut own = cluster
+        .service("memgraph", "memgraph-coordinator-1-external")
+        .unwrap()
+        .clone();
+    own.ports.retain(|p| p.port == 7687);
+    cluster.upsert_service(own);
+    let r = run_with(
+        pod_value("pods/coordinator-2.22.yaml"),
+        &cluster,
+        &Config::default(),
+    );
+    let warning = r
+        .decision
+        .warnings
+        .iter()
+        .find(|w| w.summary.contains("--coordinator-hostname"))
+        .unwrap_or_else(|| panic!("{:?}", r.decision.warnings));
+    let head: String = warning.summary.chars().take(100).collect();
+    assert!(
+        head.contains("Service memgraph-coordinator-1-external")
+            && head.contains("port 12000"),
+        "{head}"
+    );
 }
