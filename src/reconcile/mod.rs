@@ -213,10 +213,7 @@ pub fn prepare(args: &ReconcileArgs, decision: &Config) -> Result<Prepared, Reco
     if namespaces.is_empty() {
         return Err(ReconcileError::NoNamespaces);
     }
-    if let Some(bad) = namespaces
-        .iter()
-        .find(|n| !is_namespace_name(n))
-    {
+    if let Some(bad) = namespaces.iter().find(|n| !is_namespace_name(n)) {
         return Err(ReconcileError::BadNamespace(bad.clone()));
     }
     if args.reconcile_max_passes == 0 {

@@ -126,7 +126,6 @@ fn bolt_port(pod: &Pod, config: &Config) -> u16 {
         .unwrap_or(7687)
 }
 
-
 struct Pass<'a> {
     namespace: &'a str,
     snapshot: &'a Snapshot,
@@ -460,8 +459,12 @@ pub async fn reconcile(
             // another replica may be writing now.
             if !*claim.borrow() {
                 outcome.result = ReconcileResult::Error;
-                outcome.summary = "the Lease was lost during the pass; stopped before writing".into();
-                tracing::warn!(namespace, "the Lease was lost during the pass; nothing more is written");
+                outcome.summary =
+                    "the Lease was lost during the pass; stopped before writing".into();
+                tracing::warn!(
+                    namespace,
+                    "the Lease was lost during the pass; nothing more is written"
+                );
                 break 'changes;
             }
             match writer.run(statement).await {

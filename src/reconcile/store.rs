@@ -82,10 +82,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(
-        recognition: Recognition,
-        scope: Scope,
-    ) -> (Self, mpsc::UnboundedReceiver<Signal>) {
+    pub fn new(recognition: Recognition, scope: Scope) -> (Self, mpsc::UnboundedReceiver<Signal>) {
         let (signals, rx) = mpsc::unbounded_channel();
         let store = Self {
             objects: Arc::default(),
@@ -187,7 +184,11 @@ impl Store {
             match api.list(&lp).await {
                 Ok(list) => {
                     let pods = found.entry(ns.clone()).or_default();
-                    for pod in list.items.into_iter().filter(|p| self.is_served_memgraph(p)) {
+                    for pod in list
+                        .items
+                        .into_iter()
+                        .filter(|p| self.is_served_memgraph(p))
+                    {
                         pods.insert(pod.name_any(), slim_pod(pod));
                     }
                 }

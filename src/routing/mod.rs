@@ -615,12 +615,13 @@ async fn writer<'c>(
     if !plan::needs_leader(plan.version) {
         return Ok(conn);
     }
-    let leader = instances
-        .iter()
-        .find(|i| i.is_leader())
-        .ok_or_else(|| RoutingError::NoLeader {
-            address: conn.address().to_string(),
-        })?;
+    let leader =
+        instances
+            .iter()
+            .find(|i| i.is_leader())
+            .ok_or_else(|| RoutingError::NoLeader {
+                address: conn.address().to_string(),
+            })?;
     let why_leader = match plan.version {
         Some(v) => format!("Memgraph {v} does not forward it"),
         None => "the version is unknown, and 3.8 does not forward it".to_string(),
@@ -643,13 +644,19 @@ async fn writer<'c>(
         return Err(RoutingError::LeaderNotReachable {
             leader: leader.name.clone(),
             why_leader,
-            problem: format!("--bolt {at_hand} is not it and the cluster view has no pod IP for it"),
+            problem: format!(
+                "--bolt {at_hand} is not it and the cluster view has no pod IP for it"
+            ),
         });
     };
     let address = BoltAddress { host: ip, port };
     match connector.connect_to_pod(&address, tls_name).await {
         Ok(c) => {
-            println!("  (on the leader {} at its pod IP {})", leader.name, c.address());
+            println!(
+                "  (on the leader {} at its pod IP {})",
+                leader.name,
+                c.address()
+            );
             Ok(leader_conn.insert(c))
         }
         Err(e) => Err(RoutingError::LeaderNotReachable {
@@ -664,7 +671,10 @@ async fn writer<'c>(
 fn same_address(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
         let (host, port) = s.rsplit_once(':').unwrap_or((s, ""));
-        (host.trim_end_matches('.').to_ascii_lowercase(), port.to_string())
+        (
+            host.trim_end_matches('.').to_ascii_lowercase(),
+            port.to_string(),
+        )
     };
     norm(a) == norm(b)
 }
@@ -773,7 +783,16 @@ async fn apply_plan(
     cluster: &RoutingCluster,
     connector: &Connector,
 ) -> Result<Vec<Instance>, RoutingError> {
-    let writer = writer(conn, leader_conn, plan, instances, desired, cluster, connector).await?;
+    let writer = writer(
+        conn,
+        leader_conn,
+        plan,
+        instances,
+        desired,
+        cluster,
+        connector,
+    )
+    .await?;
     for change in &plan.changes {
         for statement in &change.statements {
             match writer.run(statement).await {
@@ -781,8 +800,11 @@ async fn apply_plan(
                 // The version is unknown and the leader refused: say both ways out instead
                 // of reading its message (what it means is not ours to parse).
                 Err(cause @ BoltError::Query { .. }) if plan.version.is_none() => {
-                    let by_hand: Vec<String> =
-                        plan.changes.iter().flat_map(|c| c.by_hand.clone()).collect();
+                    let by_hand: Vec<String> = plan
+                        .changes
+                        .iter()
+                        .flat_map(|c| c.by_hand.clone())
+                        .collect();
                     return Err(RoutingError::UnknownVersionRefused {
                         statement: statement.clone(),
                         cause: Box::new(cause),
@@ -852,8 +874,10 @@ mod tests {
         for apply in [false, true] {
             for changes in [0, 2] {
                 let mut plan = plan_with(Mode::UpdateConfig, changes, 0);
-                plan.refused
-                    .push(("instance_0".into(), "db.example.com:7687 is not a host".into()));
+                plan.refused.push((
+                    "instance_0".into(),
+                    "db.example.com:7687 is not a host".into(),
+                ));
                 let expected = if changes > 0 && apply {
                     AfterPlan::Apply
                 } else {
@@ -867,7 +891,10 @@ mod tests {
 
     #[test]
     fn the_leader_is_recognised_under_any_address_it_is_known_by() {
-        assert!(same_address("Memgraph-Coordinator-1.ns.svc.cluster.local.:7687", "memgraph-coordinator-1.ns.svc.cluster.local:7687"));
+        assert!(same_address(
+            "Memgraph-Coordinator-1.ns.svc.cluster.local.:7687",
+            "memgraph-coordinator-1.ns.svc.cluster.local:7687"
+        ));
         assert!(!same_address("10.0.0.1:7687", "10.0.0.1:7688"));
         assert!(!same_address("10.0.0.1:7687", "10.0.0.2:7687"));
     }

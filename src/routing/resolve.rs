@@ -83,7 +83,9 @@ pub fn controlling_statefulset(pod: &Pod) -> Option<String> {
         .owner_references
         .as_ref()?
         .iter()
-        .find(|o| o.kind == "StatefulSet" && o.api_version == "apps/v1" && o.controller == Some(true))
+        .find(|o| {
+            o.kind == "StatefulSet" && o.api_version == "apps/v1" && o.controller == Some(true)
+        })
         .map(|o| o.name.clone())
 }
 

@@ -1158,7 +1158,11 @@ fn every_ha_pod_gets_the_reconciler_label_once() {
         serde_json::json!("true")
     );
     // Not exposed: no address, but still labelled, so the reconciler follows it.
-    let r = run_with(pod_value("pods/coordinator-3x.yaml"), &ClusterState::default(), &Config::default());
+    let r = run_with(
+        pod_value("pods/coordinator-3x.yaml"),
+        &ClusterState::default(),
+        &Config::default(),
+    );
     assert_eq!(r.decision.outcome, Outcome::NotExposed);
     assert!(only_the_label(&r.decision.patch) && !r.decision.patch.is_empty());
 }
@@ -1188,8 +1192,7 @@ fn the_2_22_hostname_warning_names_the_service_and_the_missing_port_first() {
         .unwrap_or_else(|| panic!("{:?}", r.decision.warnings));
     let head: String = warning.summary.chars().take(100).collect();
     assert!(
-        head.contains("Service memgraph-coordinator-1-external")
-            && head.contains("port 12000"),
+        head.contains("Service memgraph-coordinator-1-external") && head.contains("port 12000"),
         "{head}"
     );
 }
