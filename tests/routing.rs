@@ -23,12 +23,18 @@ fn script(name: &str) -> PathBuf {
     Path::new(MANIFEST).join("tests/bolt_server").join(name)
 }
 
-/// The test server and where each instance listens.
+/// The test server and where each instance listens: at its external address (a node IP
+/// and nodePort) and at its pod IP on the Bolt port, as in a cluster.
 struct Cluster {
     server: LineProcess,
     listening: BTreeMap<String, String>,
+    pod_ips: BTreeMap<String, String>,
+    version: String,
     journal: PathBuf,
 }
+
+/// Each cluster of this binary gets its own loopback /24 for pod IPs (tests run at once).
+static NEXT_POD_NET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(40);
 
 impl Cluster {
     fn start(dir: &Path, python: &Path, overrides: Value) -> Self {
@@ -51,12 +57,27 @@ impl Cluster {
                 .arg(&config_path),
         );
         let ready: Value = serde_json::from_str(&server.line()).unwrap();
-        let listening = serde_json::from_value(ready["listening"].clone()).unwrap();
-        Self {
+        let listening: BTreeMap<String, String> =
+            serde_json::from_value(ready["listening"].clone()).unwrap();
+        let net = NEXT_POD_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut cluster = Self {
             server,
-            listening,
+            listening: listening.clone(),
+            pod_ips: BTreeMap::new(),
+            version: config["version"].as_str().unwrap_or("3.8.0").to_string(),
             journal,
+        };
+        for (i, name) in listening.keys().enumerate() {
+            let ip = format!("127.0.{net}.{}", 11 + i);
+            cluster.command(&format!("alias {name} {ip}:7687"));
+            cluster.pod_ips.insert(name.clone(), ip);
         }
+        cluster
+    }
+
+    /// Where `instance` listens at its pod IP.
+    fn pod_address(&self, instance: &str) -> String {
+        format!("{}:7687", self.pod_ips[instance])
     }
 
     fn at(&self, instance: &str) -> String {
@@ -119,7 +140,9 @@ impl Cluster {
         for (name, address) in &self.listening {
             let port = address.rsplit_once(':').unwrap().1;
             text = text.replace(&format!("${{NODEPORT_{name}}}"), port);
+            text = text.replace(&format!("${{PODIP_{name}}}"), &self.pod_ips[name]);
         }
+        text = text.replace("${MEMGRAPH_TAG}", &self.version);
         let path = dir.join("cluster.yaml");
         std::fs::write(&path, text).unwrap();
         path
@@ -246,8 +269,10 @@ fn in_cluster_addresses_break_the_driver_and_routing_sync_fixes_them() {
     }
 
     // 3. `routing sync`: a dry run changes nothing; --apply runs UPDATE CONFIG on the leader
-    //    (coordinator_3 is a follower and refuses; sync goes to the leader); a second run
-    //    plans nothing; `routing check` passes.
+    //    (coordinator_3 is a follower, and a 3.8 follower does not forward it: sync finds the
+    //    leader in SHOW INSTANCES and reaches it by its pod IP from the cluster view, never
+    //    at an address the server reports); a second run plans nothing; `routing check`
+    //    passes. The version comes from the pods' image tag: coordinators refuse SHOW VERSION.
     let mark = cluster.journal_len();
     let (code, stdout, _) = cli(&[
         "routing",
@@ -309,9 +334,25 @@ fn in_cluster_addresses_break_the_driver_and_routing_sync_fixes_them() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("verified"), "{stdout}");
     let executed = updates(mark);
-    assert_eq!(
-        executed[0].0, "coordinator_3",
-        "tried first where it was pointed"
+    assert!(
+        stdout.contains(&format!(
+            "(on the leader coordinator_2 at its pod IP {})",
+            cluster.pod_address("coordinator_2")
+        )),
+        "{stdout}"
+    );
+    assert!(
+        executed
+            .iter()
+            .all(|(instance, _)| instance == "coordinator_2"),
+        "only the leader is written to: {executed:?}"
+    );
+    assert!(
+        !cluster
+            .journal_from(0)
+            .iter()
+            .any(|(_, _, q)| q.as_deref() == Some("SHOW VERSION")),
+        "SHOW VERSION was sent"
     );
     let on_leader: Vec<&str> = executed
         .iter()
@@ -605,7 +646,7 @@ fn bolt_over_tls_check_sync_and_the_driver() {
     drop(plain);
 
     // bolt+ssc:// needs no CA. sync --apply over it: coordinator_3 is a follower, so the
-    // statements go to the leader (coordinator_1) at its external address, over TLS too.
+    // statements go to the leader (coordinator_1) at its pod IP, over TLS too.
     let bolt_ssc = format!("bolt+ssc://{tls_port}");
     let mut args = vec![
         "routing",
@@ -622,8 +663,8 @@ fn bolt_over_tls_check_sync_and_the_driver() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains(&format!(
-            "(on the leader at {})",
-            cluster.at("coordinator_1")
+            "(on the leader coordinator_1 at its pod IP {})",
+            cluster.pod_address("coordinator_1")
         )),
         "{stdout}"
     );
@@ -744,14 +785,14 @@ fn sync_exit_codes_for_what_is_left() {
         assert!(stdout.contains("Memgraph 3.7.2: new registrations, to run by hand"));
         assert!(
             stdout.contains(&format!(
-                "ADD COORDINATOR 2 WITH CONFIG {{'bolt_server': '{}'",
+                "  REMOVE COORDINATOR 2;\n  ADD COORDINATOR 2 WITH CONFIG {{'bolt_server': '{}'",
                 cluster.at("coordinator_2")
             )),
             "{stdout}"
         );
         assert!(
             stdout.contains(&format!(
-                "REGISTER INSTANCE instance_1 WITH CONFIG {{'bolt_server': '{}'",
+                "  UNREGISTER INSTANCE instance_1;\n  REGISTER INSTANCE instance_1 WITH CONFIG {{'bolt_server': '{}'",
                 cluster.at("instance_1")
             )),
             "{stdout}"
@@ -805,4 +846,189 @@ fn sync_exit_codes_for_what_is_left() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("nothing to change"), "{stdout}");
     assert!(stdout.contains("unknown   instance_1:"), "{stdout}");
+}
+
+/// The test server is a model of Memgraph release by release: its own unit tests check each
+/// answer it gives against what the cited source does (tests/bolt_server/test_model.py).
+#[test]
+fn the_test_server_answers_as_each_memgraph_release_does() {
+    let out = Command::new(python())
+        .args(["-m", "unittest", "-v", "test_model"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bolt_server"))
+        .output()
+        .expect("python runs");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the model's tests failed:\n{report}");
+    assert!(report.contains("Ran "), "no test ran:\n{report}");
+}
+
+/// `routing sync` against each release's rules: 3.9+ forwards from any coordinator; 3.8
+/// writes only on the leader, reached by its pod IP (refused, naming --in-cluster, when the
+/// view has none); an unknown version (tag `latest`) is tried on the leader and, when the
+/// release has no UPDATE CONFIG, refused with both ways out. No SHOW VERSION, ever.
+#[test]
+fn sync_follows_what_each_memgraph_release_accepts() {
+    let python = python();
+    let sync = |cluster: &Cluster, file: &Path, bolt: &str| {
+        cli(&[
+            "routing",
+            "sync",
+            "--bolt",
+            bolt,
+            "--cluster",
+            file.to_str().unwrap(),
+            "--apply",
+        ])
+    };
+    let updates = |journal: &[(String, String, Option<String>)]| -> Vec<String> {
+        journal
+            .iter()
+            .filter(|(_, m, q)| {
+                m == "RUN" && q.as_deref().is_some_and(|q| q.starts_with("UPDATE CONFIG"))
+            })
+            .map(|(i, _, _)| i.clone())
+            .collect()
+    };
+    let no_show_version = |journal: &[(String, String, Option<String>)]| {
+        assert!(
+            !journal
+                .iter()
+                .any(|(_, _, q)| q.as_deref() == Some("SHOW VERSION")),
+            "SHOW VERSION sent: {journal:?}"
+        );
+    };
+
+    // 3.9: the follower at --bolt takes the writes and forwards them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &python, json!({"version": "3.9.0"}));
+    let file = cluster.cluster_file(dir.path());
+    let follower = cluster.at("coordinator_2");
+    let (code, stdout, stderr) = sync(&cluster, &file, &follower);
+    assert_eq!(code, 0, "3.9: {stdout}{stderr}");
+    let journal = cluster.journal_from(0);
+    let written = updates(&journal);
+    assert!(
+        !written.is_empty() && written.iter().all(|i| i == "coordinator_2"),
+        "{journal:?}"
+    );
+    assert!(
+        journal
+            .iter()
+            .any(|(i, m, _)| i == "coordinator_1" && m == "FORWARDED"),
+        "{journal:?}"
+    );
+    assert!(
+        !journal.iter().any(|(_, m, _)| m == "FAILURE"),
+        "{journal:?}"
+    );
+    no_show_version(&journal);
+    cluster.command("leader coordinator_1");
+    drop(cluster);
+
+    // 3.8 with no pod IPs in the view: the leader cannot be reached, nothing is written.
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &python, json!({}));
+    let file = cluster.cluster_file(dir.path());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("podIP:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, without).unwrap();
+    let (code, stdout, stderr) = sync(&cluster, &file, &cluster.at("coordinator_2"));
+    assert_eq!(code, 2, "3.8 without pod IPs: {stdout}{stderr}");
+    assert!(stderr.contains("--in-cluster"), "{stderr}");
+    let journal = cluster.journal_from(0);
+    assert!(updates(&journal).is_empty(), "{journal:?}");
+    no_show_version(&journal);
+    drop(cluster);
+
+    // Tag `latest` on a 3.8 cluster: tried on the leader, which accepts it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &python, json!({}));
+    cluster.version = "latest".into();
+    let file = cluster.cluster_file(dir.path());
+    let (code, stdout, stderr) = sync(&cluster, &file, &cluster.at("coordinator_2"));
+    assert_eq!(code, 0, "latest on 3.8: {stdout}{stderr}");
+    assert!(stdout.contains("Memgraph version unknown"), "{stdout}");
+    let journal = cluster.journal_from(0);
+    let written = updates(&journal);
+    assert!(
+        !written.is_empty() && written.iter().all(|i| i == "coordinator_1"),
+        "{journal:?}"
+    );
+    no_show_version(&journal);
+    drop(cluster);
+
+    // Tag `latest` on a 3.7 cluster: the leader cannot parse UPDATE CONFIG; exit 2 naming
+    // --memgraph-version and the statements to run by hand.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &python, json!({"version": "3.7.2"}));
+    cluster.version = "latest".into();
+    let file = cluster.cluster_file(dir.path());
+    let (code, stdout, stderr) = sync(&cluster, &file, &cluster.at("coordinator_1"));
+    assert_eq!(code, 2, "latest on 3.7: {stdout}{stderr}");
+    assert!(stderr.contains("--memgraph-version"), "{stderr}");
+    assert!(stderr.contains("REMOVE COORDINATOR"), "{stderr}");
+    no_show_version(&cluster.journal_from(0));
+}
+
+/// What Memgraph cannot store is refused before any write: an IPv6 literal (Memgraph splits
+/// bolt_server on ':') and a value that is not a host; exit 2, the rest still written.
+#[test]
+fn sync_refuses_addresses_memgraph_cannot_register() {
+    let python = python();
+    for (value, why) in [
+        ("2001:db8::7", "IPv6"),
+        ("db.example.com:7687", "not a host"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(dir.path(), &python, json!({}));
+        let file = cluster.cluster_file(dir.path());
+        let text = std::fs::read_to_string(&file).unwrap();
+        let anchor = "    name: memgraph-data-1-external\n";
+        let annotated = text.replacen(
+            anchor,
+            &format!(
+                "{anchor}    annotations:\n      external-dns.alpha.kubernetes.io/hostname: \"{value}\"\n"
+            ),
+            1,
+        );
+        assert_ne!(annotated, text, "the fixture has {anchor:?}");
+        std::fs::write(&file, annotated).unwrap();
+        let (code, stdout, stderr) = cli(&[
+            "routing",
+            "sync",
+            "--bolt",
+            &cluster.at("coordinator_1"),
+            "--cluster",
+            file.to_str().unwrap(),
+            "--apply",
+        ]);
+        assert_eq!(code, 2, "{value}: {stdout}{stderr}");
+        let refused = stdout
+            .lines()
+            .chain(stderr.lines())
+            .find(|l| l.contains("instance_1") && l.contains("refused"))
+            .unwrap_or_else(|| panic!("{value}: no refusal line for instance_1: {stdout}{stderr}"));
+        assert!(
+            refused.contains(value) || refused.contains(why),
+            "{value}: {refused}"
+        );
+        let journal = cluster.journal_from(0);
+        let writes: Vec<&String> = journal
+            .iter()
+            .filter_map(|(_, m, q)| q.as_ref().filter(|_| m == "RUN"))
+            .filter(|q| q.starts_with("UPDATE CONFIG"))
+            .collect();
+        assert!(
+            !writes.iter().any(|q| q.contains("instance_1")),
+            "{value}: {writes:?}"
+        );
+        assert!(
+            writes.iter().any(|q| q.contains("COORDINATOR 2")),
+            "{value}: the others written: {writes:?}"
+        );
+    }
 }

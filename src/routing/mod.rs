@@ -431,6 +431,17 @@ async fn check(args: CheckArgs) -> Result<i32, RoutingError> {
         address: address.clone(),
         cause,
     })?;
+    // A data instance before 3.12 answers ROUTE with only itself (src/query/interpreter.cpp
+    // Interpreter::Route @ v3.8.0); without ROUTE servers no client could refresh from it.
+    if !table.entries.iter().any(|e| e.role == table::Role::Route) {
+        return Err(BoltError::NotCoordinator {
+            address,
+            request: "ROUTE",
+            message: "its routing table lists no ROUTE servers (a data instance answers with only itself)"
+                .into(),
+        }
+        .into());
+    }
     let rows = check_table(&table, cluster.as_ref(), args.cluster.bolt_port);
     println!(
         "routing table from {address}: ttl {}s, database {}",

@@ -1,40 +1,41 @@
 #!/usr/bin/env python3
-"""A Bolt server that behaves as a Memgraph HA cluster does towards clients, for tests.
+"""A model of a Memgraph HA cluster as its clients see it, version by version, for tests.
 
-Standard library only. Each instance of the cluster (coordinators and data instances) gets
-its own TCP listener, standing for its external address (node IP:nodePort). They share one
-in-memory instance table, the way Memgraph's coordinators share the Raft state:
+Real Memgraph is the judge: every answer is taken from memgraph/memgraph at a release tag
+and cited next to the code that gives it (path @ tag). `config["version"]` picks the release
+played: 2.22, 3.0-3.7, 3.8, 3.9-3.12 differ where `Version` says. Something the source was
+not read for is refused with a message starting "test server:", never answered.
 
-- Bolt handshake (4.0, 4.1, 4.3, 5.2 by default: the versions Memgraph offers,
-  shared/memgraph-ha.md "Bolt ROUTE, for tests"), HELLO, LOGON (5.1+), RESET, GOODBYE,
+Standard library only. Each instance (coordinators and data instances) gets its own TCP
+listener, standing for its address (node IP:nodePort, pod IP); they share one instance table,
+as Memgraph's coordinators share the Raft state:
+
+- Bolt handshake (4.0, 4.1, 4.3, 5.2 by default), HELLO, LOGON (5.1+), RESET, GOODBYE,
   BEGIN/COMMIT/ROLLBACK, RUN/PULL/DISCARD, with FAILED/IGNORED semantics.
-- ROUTE (coordinators): {rt: {ttl, db, servers}} with ROUTE = every coordinator's
-  bolt_server, WRITE = the healthy main's, READ = the healthy replicas'; ttl configurable.
-- Coordinator queries: SHOW INSTANCES, SHOW VERSION, and on the leader
-  UPDATE CONFIG FOR COORDINATOR <id> {'bolt_server': ..} / FOR INSTANCE <name> {...}
-  (3.8+ syntax: only the bolt_server key), and what the chart's cluster-setup Job sends:
-  ADD COORDINATOR <id> WITH CONFIG {...}, REGISTER INSTANCE <name> WITH CONFIG {...},
-  SET INSTANCE <name> TO MAIN. Other queries fail as on a coordinator.
-- An instance configured with "registered": false is not in the table (SHOW INSTANCES,
-  ROUTE) until ADD COORDINATOR / REGISTER INSTANCE names it; one without "listen" has no
-  listener here (it runs elsewhere, e.g. in its own pod).
+- ROUTE: the routing table as Memgraph builds it (Cluster.routing_table).
+- A coordinator runs coordinator queries only: SHOW INSTANCES, UPDATE CONFIG (3.8+),
+  ADD/REMOVE COORDINATOR, REGISTER/UNREGISTER INSTANCE, SET INSTANCE .. TO MAIN. Anything
+  else, SHOW VERSION included, is refused as Memgraph refuses it.
+- Writes on a follower: refused at 3.8 and before (with Memgraph's texts), forwarded to the
+  leader from 3.9 (journaled on the leader as message "FORWARDED").
+- An instance with "registered": false is not in the Raft state until ADD COORDINATOR /
+  REGISTER INSTANCE names it; one without "listen" has no listener here.
 - Data instances answer SHOW VERSION and `RETURN <literal or $param> AS <name>`.
 
 Usage: memgraph_coordinator.py CONFIG.json. Prints one JSON line
 {"listening": {name: "host:port"}} once every listener is bound. Commands on standard input,
 one per line, each answered by "ok ..." or "error ...":
-  down NAME     close NAME's listener and connections, mark it down
-  up NAME       listen again on the same address, mark it up
-  leader NAME   make coordinator NAME the leader (a Raft election)
+  down NAME, up NAME      close / reopen NAME's listener (health down / up)
+  leader NAME             a Raft election won by coordinator NAME
+  main NAME               a failover: NAME becomes the main
+  alias NAME HOST:PORT    also serve NAME there;  unalias HOST  that machine is gone
+  add JSON                a new instance (scale-out), listening
 A journal of every request (JSON lines: instance, message, query) goes to config["journal"];
-a request answered with FAILURE is followed by an entry with message "FAILURE" (and the
-query, for a RUN).
+a request answered with FAILURE is followed by an entry with message "FAILURE".
 
-TLS (Memgraph with --bolt-cert-file/--bolt-key-file): config["tls"] = {"cert": PEM file,
-"key": PEM file} makes every listener TLS-only, as Memgraph's Bolt port is then. A client
-that does not complete the TLS handshake is journaled as message "TLS handshake failed".
-
-Wording of failures that Memgraph's source was not checked for is marked "test server".
+TLS (Memgraph with --bolt-cert-file/--bolt-key-file): config["tls"] = {"cert", "key"} makes
+every listener TLS-only; a client that does not complete the handshake is journaled as
+"TLS handshake failed".
 """
 
 import json
@@ -212,9 +213,60 @@ def send_message(conn, tag, *fields):
     conn.sendall(out)
 
 
-# ---------------------------------------------------------------- the cluster
+# ---------------------------------------------------------------- what a Memgraph version does
+#
+# Every answer below is read in memgraph/memgraph at a release tag; each is cited as
+# "path @ tag". Anything the source was not read for is refused with a message starting
+# "test server:", so a test can never pass on an answer real Memgraph would not give.
 
 SUCCESS, RECORD, IGNORED, FAILURE = 0x70, 0x71, 0x7E, 0x7F
+
+# src/communication/bolt/v1/states/handlers.hpp @ v3.8.0 (line 61): every ClientError, query
+# and syntax errors alike, reaches the client under this one code.
+CLIENT_ERROR = "Memgraph.ClientError.MemgraphError.MemgraphError"
+# src/communication/bolt/v1/states/init.hpp @ v3.8.0 (line 36)
+UNAUTHENTICATED = "Memgraph.ClientError.Security.Unauthenticated"
+# src/query/interpreter.cpp @ v3.8.0 (line 275) kSocketErrorExplanation
+SOCKET_EXPLANATION = (
+    "The socket address must be a string defining the address and port, delimited by a "
+    "single colon. The address must be valid and the port must be an integer."
+)
+
+
+def parse_version(text):
+    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+class Version:
+    """The behaviours that change between releases, each with the tag it appears at."""
+
+    def __init__(self, text):
+        self.text = text
+        v = parse_version(text)
+        # UPDATE CONFIG: MemgraphCypher.g4 rule updateConfig, first at v3.8.0 (absent v3.7.2).
+        self.update_config = v >= (3, 8, 0)
+        # REMOVE COORDINATOR: MemgraphCypher.g4 rule removeCoordinatorInstance, v3.0.0 on
+        # (absent v2.22.0).
+        self.remove_coordinator = v >= (3, 0, 0)
+        # `$param` as a config value: MemgraphCypher.g4 configKeyValuePair
+        # `literal ':' ( literal | parameter )` @ v3.10.0 (`literal ':' literal` @ v3.8.0).
+        self.config_parameters = v >= (3, 10, 0)
+        # A follower forwards writes to the leader: src/coordination/coordinator_instance.cpp
+        # @ v3.9.0, ForwardToLeader<...> in UpdateConfig, RegisterReplicationInstance, ...
+        # @ v3.8.0 the same functions run locally and the Raft append fails on a follower.
+        self.forwards_to_leader = v >= (3, 9, 0)
+        # A follower answers SHOW INSTANCES with the leader's view (3.0+), its own
+        # (health "unknown") when the leader is unreachable: coordinator_instance.cpp @ v3.8.0
+        # ShowInstancesStatusAsFollower; shared/memgraph-ha.md.
+        self.show_instances_forwarded = v >= (3, 0, 0)
+        # ROUTE reply `db`: always null @ v2.22.0 (src/glue/SessionHL.cpp line 321); the
+        # requested db or null from v3.6.0 (SessionHL.cpp; null-only @ v3.5.2).
+        self.route_echoes_db = v >= (3, 6, 0)
+        # ROUTE on a data instance: refused @ v3.12.0 (src/query/interpreter.cpp
+        # Interpreter::Route "Cannot fetch routing table from a data instance!"); before,
+        # answered with the routing context's address as WRITE (main) or READ.
+        self.data_refuses_route = v >= (3, 12, 0)
 
 
 class BoltFailure(Exception):
@@ -224,11 +276,248 @@ class BoltFailure(Exception):
         self.message = message
 
 
+def query_error(message):
+    return BoltFailure(CLIENT_ERROR, message)
+
+
+# ---------------------------------------------------------------- the coordinator grammar
+#
+# src/query/frontend/opencypher/grammar/MemgraphCypher.g4 @ v3.8.0 / v3.10.0:
+#   showInstances   : SHOW INSTANCES ;
+#   updateConfig    : UPDATE CONFIG FOR ( INSTANCE instanceName | COORDINATOR coordinatorServerId ) configsMap=configMap ;
+#   addCoordinatorInstance : ADD COORDINATOR coordinatorServerId WITH CONFIG configsMap=configMap ;
+#   removeCoordinatorInstance : REMOVE COORDINATOR coordinatorServerId ;
+#   registerInstanceOnCoordinator : REGISTER INSTANCE instanceName ( AS ASYNC | AS STRICT_SYNC ) ? WITH CONFIG configsMap=configMap ;
+#   unregisterInstanceOnCoordinator : UNREGISTER INSTANCE instanceName ;
+#   setInstanceToMain : SET INSTANCE instanceName TO MAIN ;
+#   instanceName : symbolicName ;  coordinatorServerId : literal ;
+#   configMap : '{' ( configKeyValuePair ( ',' configKeyValuePair )* )? '}' ;
+# A symbolicName cannot start with a digit, so `instance 1abc` is a syntax error.
+
+TOKEN = re.compile(
+    r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|`(?P<escaped>[^`]*)`|(?P<int>\d+)"
+    r"|'(?P<sq>(?:[^'\\]|\\.)*)'|\"(?P<dq>(?:[^\"\\]|\\.)*)\"|\$(?P<param>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<punct>[{}:,;()\[\].=<>*+-]))",
+    re.DOTALL,
+)
+
+
+def syntax_error(position, text):
+    # The prefix is Memgraph's (src/query/frontend/opencypher/parser.hpp @ v3.8.0,
+    # FirstMessageErrorListener); the ANTLR part after it is approximated.
+    return query_error(
+        f"Error on line 1 position {position + 1}. The underlying parsing error is {text}"
+    )
+
+
+def tokenize(query):
+    tokens, pos = [], 0
+    while pos < len(query):
+        if query[pos:].strip() == "":
+            break
+        m = TOKEN.match(query, pos)
+        if not m or m.end() == pos:
+            at = len(query) - len(query[pos:].lstrip())
+            raise syntax_error(at, f"token recognition error at: '{query[at:at + 10]}'")
+        start = m.start(m.lastgroup)
+        kind = m.lastgroup
+        value = m.group(kind)
+        if kind in ("sq", "dq"):
+            kind, value = "str", re.sub(r"\\(.)", r"\1", value)
+        elif kind == "escaped":
+            kind = "name"
+        elif kind == "int":
+            value = int(value)
+        tokens.append((kind, value, start))
+        pos = m.end()
+    while tokens and tokens[-1][:2] == ("punct", ";"):
+        tokens.pop()
+    return tokens
+
+
+class Parser:
+    def __init__(self, query, version):
+        self.query = query
+        self.tokens = tokenize(query)
+        self.i = 0
+        self.version = version
+
+    def peek(self, n=0):
+        return self.tokens[self.i + n] if self.i + n < len(self.tokens) else ("eof", "<EOF>", len(self.query))
+
+    def fail(self, expecting):
+        kind, value, pos = self.peek()
+        shown = value if kind != "str" else f"'{value}'"
+        return syntax_error(pos, f"mismatched input '{shown}' expecting {expecting}")
+
+    def keyword(self, word):
+        kind, value, _ = self.peek()
+        if kind == "name" and value.upper() == word:
+            self.i += 1
+            return True
+        return False
+
+    def expect(self, word):
+        if not self.keyword(word):
+            raise self.fail(word)
+
+    def words(self, *words):
+        return all(
+            self.peek(k)[0] == "name" and str(self.peek(k)[1]).upper() == w for k, w in enumerate(words)
+        )
+
+    def symbolic_name(self):
+        kind, value, _ = self.peek()
+        if kind != "name":
+            raise self.fail("a symbolic name")
+        self.i += 1
+        return value
+
+    def literal(self):
+        kind, value, _ = self.peek()
+        if kind not in ("int", "str"):
+            raise self.fail("a literal")
+        self.i += 1
+        return value
+
+    def punct(self, ch):
+        kind, value, _ = self.peek()
+        if (kind, value) != ("punct", ch):
+            raise self.fail(f"'{ch}'")
+        self.i += 1
+
+    def config_map(self, params):
+        self.punct("{")
+        entries = []
+        if self.peek()[:2] != ("punct", "}"):
+            while True:
+                key = self.literal()
+                self.punct(":")
+                if self.peek()[0] == "param" and self.version.config_parameters:
+                    name = self.peek()[1]
+                    self.i += 1
+                    if name not in params:
+                        # src/query/cypher_query_interpreter.cpp @ v3.10.0 (line 67)
+                        raise query_error(f"Parameter ${name} not provided.")
+                    value = params[name]
+                else:
+                    value = self.literal()
+                entries.append((key, value))
+                if self.peek()[:2] == ("punct", ","):
+                    self.i += 1
+                    continue
+                break
+        self.punct("}")
+        # ParseConfigMap (src/query/interpreter.cpp @ v3.10.0 line 168): string keys and
+        # values only, else "Failed to parse config map!".
+        if any(not isinstance(k, str) or not isinstance(v, str) for k, v in entries):
+            raise query_error("Failed to parse config map!")
+        return dict(entries)
+
+    def end(self):
+        if self.peek()[0] != "eof":
+            raise self.fail("<EOF>")
+
+    def coordinator_query(self, params):
+        """The statement as (action, fields), or None when it is not a coordinator query."""
+        v = self.version
+        if self.words("SHOW", "INSTANCES"):
+            self.i += 2
+            self.end()
+            return "show_instances", {}
+        if self.words("UPDATE", "CONFIG") and v.update_config:
+            self.i += 2
+            self.expect("FOR")
+            if self.keyword("INSTANCE"):
+                target = ("instance", self.symbolic_name())
+            elif self.keyword("COORDINATOR"):
+                target = ("coordinator", self.literal())
+            else:
+                raise self.fail("{COORDINATOR, INSTANCE}")
+            config = self.config_map(params)
+            self.end()
+            return "update_config", {"target": target, "config": config}
+        if self.words("ADD", "COORDINATOR"):
+            self.i += 2
+            coordinator_id = self.literal()
+            self.expect("WITH")
+            self.expect("CONFIG")
+            config = self.config_map(params)
+            self.end()
+            return "add_coordinator", {"id": coordinator_id, "config": config}
+        if self.words("REMOVE", "COORDINATOR") and v.remove_coordinator:
+            self.i += 2
+            coordinator_id = self.literal()
+            self.end()
+            return "remove_coordinator", {"id": coordinator_id}
+        if self.words("REGISTER", "INSTANCE"):
+            self.i += 2
+            name = self.symbolic_name()
+            if self.keyword("AS"):
+                if not (self.keyword("ASYNC") or self.keyword("STRICT_SYNC")):
+                    raise self.fail("{ASYNC, STRICT_SYNC}")
+            self.expect("WITH")
+            self.expect("CONFIG")
+            config = self.config_map(params)
+            self.end()
+            return "register_instance", {"name": name, "config": config}
+        if self.words("UNREGISTER", "INSTANCE"):
+            self.i += 2
+            name = self.symbolic_name()
+            self.end()
+            return "unregister_instance", {"name": name}
+        if self.words("SET", "INSTANCE"):
+            self.i += 2
+            name = self.symbolic_name()
+            self.expect("TO")
+            self.expect("MAIN")
+            self.end()
+            return "set_main", {"name": name}
+        for words in (("UPDATE", "CONFIG"), ("REMOVE", "COORDINATOR")):
+            if self.words(*words):
+                # Not in this release's grammar (see Version): the parser stops at the
+                # first word it has no rule for.
+                raise self.fail("a clause")
+        return None
+
+
+def parse_socket_address(address):
+    """io::network::Endpoint::ParseAndCreateSocketOrAddress (src/io/network/endpoint.cpp
+    @ v3.8.0 line 149): split on ':'; more than two parts (any IPv6 literal, bracketed or
+    not) or no port is invalid; the port is cast to uint16 unchecked; the host is kept
+    verbatim."""
+    parts = address.split(":")
+    if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+        return None
+    return f"{parts[0]}:{int(parts[1]) % 65536}"
+
+
+# src/query/interpreter.cpp @ v3.8.0 (lines 1768-2019): a coordinator query on a data instance.
+ONLY_COORDINATOR = {
+    "show_instances": "Only coordinator can run SHOW INSTANCES.",
+    "update_config": "Only coordinator can update config!",
+    "add_coordinator": "Only coordinator can add coordinator instance!",
+    "remove_coordinator": "Only coordinator can remove coordinator instance!",
+    "register_instance": "Only coordinator can register coordinator server!",
+    "unregister_instance": "Only coordinator can unregister instance!",
+    "set_main": "Only coordinator can register coordinator server!",
+}
+
+# src/query/interpreter.cpp @ v3.8.0: the NOT_LEADER answers of a follower (before 3.9).
+NOT_LEADER = {
+    "register_instance": "Couldn't register replica instance since coordinator is not a leader!",
+    "unregister_instance": "Couldn't unregister replica instance since coordinator is not a leader!",
+    "set_main": "Couldn't set instance to main since coordinator is not a leader!",
+}
+
+# ---------------------------------------------------------------- the cluster
+
+
 class Cluster:
     def __init__(self, config):
         self.lock = threading.Lock()
         self.ttl = int(config.get("ttl", 300))
-        self.version = config.get("version", "3.8.0")
+        self.version = Version(config.get("version", "3.8.0"))
         self.bolt_versions = [
             tuple(int(p) for p in v.split(".")) for v in config.get("bolt_versions", ["5.2", "4.3", "4.1", "4.0"])
         ]
@@ -240,16 +529,25 @@ class Cluster:
         self.journal_path = config.get("journal")
         self.instances = {}
         self.order = []
-        for spec in config["instances"]:
-            inst = dict(spec)
-            inst.setdefault("coordinator_server", "")
-            inst.setdefault("health", "up")
-            inst.setdefault("registered", True)
-            self.instances[inst["name"]] = inst
-            self.order.append(inst["name"])
+        for spec in config.get("instances", []):
+            self._insert(spec)
         self.listeners = {}
         self.aliases = {}
-        self.connections = {name: set() for name in self.order}
+
+    def _insert(self, spec):
+        inst = dict(spec)
+        inst.setdefault("coordinator_server", "")
+        inst.setdefault("management_server", "")
+        inst.setdefault("replication_server", "")
+        inst.setdefault("health", "up")
+        inst.setdefault("registered", True)
+        inst.setdefault("role", "follower" if inst["coordinator_server"] else "replica")
+        self.instances[inst["name"]] = inst
+        if inst["name"] not in self.order:
+            self.order.append(inst["name"])
+        self.connections = getattr(self, "connections", {})
+        self.connections.setdefault(inst["name"], set())
+        return inst
 
     def is_coordinator(self, name):
         return bool(self.instances[name]["coordinator_server"])
@@ -287,6 +585,15 @@ class Cluster:
                 self.connections[name].add(conn)
             threading.Thread(target=Session(self, name, conn).serve, daemon=True).start()
 
+    @staticmethod
+    def _close(sock):
+        # shutdown() wakes a thread blocked in accept()/recv(); close() alone would not.
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
     def down(self, name):
         with self.lock:
             self.instances[name]["health"] = "down"
@@ -294,19 +601,9 @@ class Cluster:
             conns = list(self.connections[name])
             self.connections[name].clear()
         if sock:
-            # shutdown() wakes the thread blocked in accept(); close() alone would leave
-            # the socket listening until then.
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            self._close(sock)
         for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+            self._close(conn)
 
     def up(self, name):
         with self.lock:
@@ -314,7 +611,7 @@ class Cluster:
         return self.listen(name)
 
     def alias(self, name, address):
-        """Also serve instance `name` on `address` (e.g. a node IP and its NodePort)."""
+        """Also serve instance `name` on `address` (a node IP and its NodePort, a pod IP)."""
         host, port = address.rsplit(":", 1)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -331,22 +628,18 @@ class Cluster:
             socks = self.aliases.pop(host, [])
             conns = [c for cs in self.connections.values() for c in cs]
         for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            self._close(sock)
         for conn in conns:
             try:
                 if conn.getsockname()[0] == host:
-                    conn.shutdown(socket.SHUT_RDWR)
-                    conn.close()
+                    self._close(conn)
             except OSError:
                 pass
         return len(socks)
 
     def make_main(self, name):
-        """Failover: `name` becomes MAIN, every other data instance a REPLICA."""
+        """Failover (the leader's doing): `name` becomes the Raft main, every other data
+        instance a replica."""
         with self.lock:
             for other in self.order:
                 if not self.is_coordinator(other):
@@ -354,128 +647,269 @@ class Cluster:
 
     def add(self, spec):
         """Scale-out: a new instance registered as the chart's setup Job would."""
-        inst = dict(spec)
-        inst.setdefault("coordinator_server", "")
-        inst.setdefault("health", "up")
-        inst.setdefault("registered", True)
         with self.lock:
-            self.instances[inst["name"]] = inst
-            self.order.append(inst["name"])
-            self.connections[inst["name"]] = set()
-        return self.listen(inst["name"])
+            self._insert(spec)
+        return self.listen(spec["name"])
 
     def make_leader(self, name):
+        """A Raft election won by `name`."""
         with self.lock:
             for other in self.order:
                 if self.is_coordinator(other):
                     self.instances[other]["role"] = "leader" if other == name else "follower"
 
+    # -- the Raft state. Call with the lock held.
+    def registered(self, coordinators):
+        return [
+            self.instances[n]
+            for n in self.order
+            if self.instances[n]["registered"] and self.is_coordinator(n) == coordinators
+        ]
+
+    def leader(self):
+        return next((i for i in self.registered(True) if i["role"] == "leader"), None)
+
+    @staticmethod
+    def coordinator_id(inst):
+        return int(inst["name"].rsplit("_", 1)[1])
+
     # -- what coordinators answer
-    def routing_table(self):
+    def routing_table(self, db):
+        """src/coordination/include/coordination/utils.hpp @ v3.8.0 CreateRoutingTable
+        (src/coordination/raft_state.cpp @ v2.22.0 GetRoutingTable): WRITE = the Raft main's
+        bolt_server, READ = every other data instance (filtered by replication lag, which
+        this server has none of; never by health), an empty WRITE or READ left out,
+        ROUTE = every coordinator's bolt_server. ttl and db: src/glue/SessionHL.cpp."""
         with self.lock:
-            insts = [self.instances[n] for n in self.order if self.instances[n]["registered"]]
-            route = [i["bolt_server"] for i in insts if i["coordinator_server"]]
-            write = [i["bolt_server"] for i in insts if i["role"] == "main" and i["health"] == "up"]
-            read = [i["bolt_server"] for i in insts if i["role"] == "replica" and i["health"] == "up"]
+            data = self.registered(False)
+            write = [i["bolt_server"] for i in data if i["role"] == "main"]
+            read = [i["bolt_server"] for i in data if i["role"] != "main"]
+            route = [i["bolt_server"] for i in self.registered(True)]
         servers = []
         if write:
             servers.append({"addresses": write, "role": "WRITE"})
-        servers.append({"addresses": read, "role": "READ"})
+        if read:
+            servers.append({"addresses": read, "role": "READ"})
         servers.append({"addresses": route, "role": "ROUTE"})
-        return {"ttl": self.ttl, "db": "memgraph", "servers": servers}
+        return {"ttl": self.ttl, "db": db if self.version.route_echoes_db else None, "servers": servers}
 
-    def show_instances(self):
+    def show_instances(self, on):
+        """coordinator_instance.cpp @ v3.8.0: GetCoordinatorsInstanceStatus,
+        ShowInstancesAsLeader (data role "unknown" and health "down" when unreachable) and
+        ShowInstancesStatusAsFollower (every health "unknown"). Columns:
+        src/query/interpreter.cpp @ v3.8.0 SHOW_INSTANCES."""
         fields = ["name", "bolt_server", "coordinator_server", "management_server", "health", "role", "last_succ_resp_ms"]
         with self.lock:
-            registered = [n for n in self.order if self.instances[n]["registered"]]
-            coordinators = [n for n in registered if self.is_coordinator(n)]
-            data = [n for n in registered if not self.is_coordinator(n)]
-            rows = [
-                [self.instances[n][f] if f != "last_succ_resp_ms" else 0 for f in fields]
-                for n in coordinators + data
-            ]
+            leader = self.leader()
+            me = self.instances[on]
+            as_leader = me["role"] == "leader" or (
+                self.version.show_instances_forwarded and leader is not None and leader["health"] == "up"
+            )
+            rows = []
+            for inst in self.registered(True):
+                health = inst["health"] if as_leader else "unknown"
+                rows.append([inst["name"], inst["bolt_server"], inst["coordinator_server"],
+                             inst["management_server"], health, inst["role"], 0])
+            for inst in self.registered(False):
+                if as_leader:
+                    health = inst["health"]
+                    role = inst["role"] if health == "up" else "unknown"
+                else:
+                    health, role = "unknown", inst["role"]
+                rows.append([inst["name"], inst["bolt_server"], "", inst["management_server"], health, role, 0])
         return fields, rows
 
-    def update_config(self, on, query):
-        m = re.fullmatch(
-            r"\s*UPDATE\s+CONFIG\s+FOR\s+(COORDINATOR\s+(\d+)|INSTANCE\s+(\w+))\s*(\{.*\})\s*;?\s*",
-            query,
-            re.IGNORECASE | re.DOTALL,
-        )
-        if not m:
-            raise BoltFailure("Memgraph.ClientError.Statement.SyntaxError", "test server: malformed UPDATE CONFIG")
-        config = re.fullmatch(r"\{\s*['\"]bolt_server['\"]\s*:\s*['\"]([^'\"]+)['\"]\s*\}", m.group(4))
-        if not config:
-            raise BoltFailure(
-                "Memgraph.ClientError.MemgraphError.MemgraphError",
-                "test server: UPDATE CONFIG accepts only the bolt_server key",
-            )
-        address = config.group(1)
-        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", address):
-            raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: invalid bolt_server {address}")
+    def run_coordinator_query(self, on, action, fields):
+        """One coordinator query on coordinator `on`; rows for SHOW INSTANCES, else none."""
+        if action == "show_instances":
+            return self.show_instances(on)
         with self.lock:
-            self.require_leader(on)
-            if m.group(2) is not None:
-                name = f"coordinator_{m.group(2)}"
-                if name not in self.instances or not self.is_coordinator(name) or not self.instances[name]["registered"]:
-                    raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: no coordinator with id {m.group(2)}")
-            else:
-                name = m.group(3)
-                if name not in self.instances or self.is_coordinator(name) or not self.instances[name]["registered"]:
-                    raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", f"test server: no data instance named {name}")
-            self.instances[name]["bolt_server"] = address
+            me = self.instances[on]
+            leader = self.leader()
+            if me["role"] != "leader":
+                self.follower_write(on, action, fields, leader)
+                on = leader["name"]
+            getattr(self, action)(fields)
+        return [], []
 
-    def require_leader(self, on):
-        """Writes go to the leader (3.8; later versions forward them). Call with the lock held."""
-        if self.instances[on]["role"] != "leader":
-            leader = next((n for n in self.order if self.instances[n]["role"] == "leader"), None)
-            raise BoltFailure(
-                "Memgraph.ClientError.MemgraphError.MemgraphError",
-                f"test server: this coordinator is not the leader; the current leader is {leader}",
-            )
-
-    def register(self, on, query):
-        """ADD COORDINATOR / REGISTER INSTANCE / SET INSTANCE .. TO MAIN, as the chart's
-        cluster-setup Job sends them (on the leader)."""
-        failure = "Memgraph.ClientError.MemgraphError.MemgraphError"
-        with self.lock:
-            self.require_leader(on)
-        m = re.fullmatch(r"\s*SET\s+INSTANCE\s+(\w+)\s+TO\s+MAIN\s*;?\s*", query, re.IGNORECASE)
-        if m:
-            name = m.group(1)
-            if name not in self.instances or self.is_coordinator(name) or not self.instances[name]["registered"]:
-                raise BoltFailure(failure, f"test server: no registered data instance named {name}")
-            self.make_main(name)
+    def follower_write(self, on, action, fields, leader):
+        """A write sent to a follower. Lock held. Returns when the leader should apply it."""
+        if self.version.forwards_to_leader:
+            # coordinator_instance.hpp @ v3.9.0 ForwardToLeader; the answers:
+            # src/query/interpreter.cpp @ v3.9.0 UpdateConfig (LEADER_NOT_FOUND, LEADER_FAILED).
+            if leader is None:
+                raise query_error("Tried to forward the request to the current leader but the leader couldn't be found!")
+            if leader["health"] != "up":
+                raise query_error(
+                    "Request forwarded to the leader but leader failed with request processing! Check logs on "
+                    "the leader to find out what happened!"
+                )
+            try:
+                getattr(self, "check_" + action, lambda f: None)(fields)
+            except BoltFailure:
+                # The follower only learns that the leader's RPC failed.
+                raise query_error(
+                    "Request forwarded to the leader but leader failed with request processing! Check logs on "
+                    "the leader to find out what happened!"
+                )
+            threading.Thread(target=self.journal, args=(leader["name"], "FORWARDED", None), daemon=True).start()
             return
-        m = re.fullmatch(
-            r"\s*(ADD\s+COORDINATOR\s+(\d+)|REGISTER\s+INSTANCE\s+(\w+))\s+WITH\s+CONFIG\s*(\{.*\})\s*;?\s*",
-            query,
-            re.IGNORECASE | re.DOTALL,
+        if action == "update_config":
+            # coordinator_instance.cpp @ v3.8.0 UpdateConfig: the target is looked up in the
+            # follower's copy of the state, then AppendClusterUpdate fails (RAFT_FAILURE).
+            self.check_update_config(fields)
+            raise query_error("Couldn't update config because appending to Raft log failed.")
+        if action in NOT_LEADER:
+            if leader is not None:
+                raise query_error(
+                    f"{NOT_LEADER[action]} Current leader is coordinator with id {self.coordinator_id(leader)} "
+                    f"with bolt socket address {leader['bolt_server']}"
+                )
+            raise query_error(
+                f"{NOT_LEADER[action]} Try contacting other coordinators as there might be leader election "
+                "happening or other coordinators are down."
+            )
+        if action == "add_coordinator":
+            # AddCoordinatorInstance has no NOT_LEADER @ v3.8.0; the Raft change a follower
+            # cannot make ends as RAFT_LOG_ERROR (src/query/interpreter.cpp @ v3.8.0).
+            raise query_error("Couldn't add coordinator because Raft log couldn't be accepted. Please try again!")
+        raise query_error(f"test server: {action} on a follower before 3.9 is not modelled; send it to the leader")
+
+    # -- the writes, as the leader applies them (lock held)
+    def find_coordinator(self, coordinator_id):
+        return next(
+            (i for i in self.registered(True) if isinstance(coordinator_id, int) and self.coordinator_id(i) == coordinator_id),
+            None,
         )
-        if not m:
-            raise BoltFailure("Memgraph.ClientError.Statement.SyntaxError", "test server: malformed registration")
-        config = dict(re.findall(r"['\"](\w+)['\"]\s*:\s*['\"]([^'\"]*)['\"]", m.group(4)))
-        coordinator = m.group(2) is not None
-        name = f"coordinator_{m.group(2)}" if coordinator else m.group(3)
-        needed = ["bolt_server", "management_server", "coordinator_server" if coordinator else "replication_server"]
-        missing = [key for key in needed if not config.get(key)]
-        if missing:
-            raise BoltFailure(failure, f"test server: {name}: missing {', '.join(missing)}")
-        with self.lock:
-            inst = self.instances.get(name)
-            if inst is None:
-                inst = {"name": name, "health": "up", "role": "follower" if coordinator else "replica"}
-                self.instances[name] = inst
-                self.order.append(name)
-                self.connections[name] = set()
-            elif inst["registered"]:
-                raise BoltFailure(failure, f"test server: {name} is already registered")
-            inst["registered"] = True
-            inst["bolt_server"] = config["bolt_server"]
-            inst["management_server"] = config["management_server"]
-            inst["coordinator_server"] = config["coordinator_server"] if coordinator else ""
-            if not coordinator and inst.get("role") not in ("main", "replica"):
-                inst["role"] = "replica"
+
+    def find_data(self, name):
+        return next((i for i in self.registered(False) if i["name"] == name), None)
+
+    def check_update_config(self, fields):
+        # src/query/interpreter.cpp @ v3.8.0 UPDATE_CONFIG and CoordQueryHandler::UpdateConfig
+        config = fields["config"]
+        if len(config) != 1:
+            raise query_error("Config map must contain exactly 1 entry: bolt_server!")
+        if "bolt_server" not in config:
+            raise query_error("Config map must contain bolt_server entry!")
+        address = parse_socket_address(config["bolt_server"])
+        if address is None:
+            raise query_error(f"Invalid bolt socket address. {SOCKET_EXPLANATION}")
+        kind, key = fields["target"]
+        if kind == "coordinator":
+            target = self.find_coordinator(key)
+            if target is None:
+                raise query_error(f"Couldn't update config for the coordinator {key} because it doesn't exist!")
+        else:
+            target = self.find_data(key)
+            if target is None:
+                raise query_error(f"Couldn't update config for the repl instance {key} because it doesn't exist!")
+        return target, address
+
+    def update_config(self, fields):
+        target, address = self.check_update_config(fields)
+        target["bolt_server"] = address
+
+    def check_add_coordinator(self, fields):
+        # src/query/interpreter.cpp @ v3.8.0 ADD_COORDINATOR_INSTANCE, AddCoordinatorInstance
+        config = fields["config"]
+        if len(config) != 3:
+            raise query_error(
+                "Config map must contain exactly 3 entries: coordinator_server, bolt_server and  management_server!"
+            )
+        for key in ("coordinator_server", "bolt_server", "management_server"):
+            if key not in config:
+                raise query_error(f"Config map must contain {key} entry!")
+        for key, label in (("coordinator_server", "coordinator"), ("management_server", "management"),
+                           ("bolt_server", "bolt")):
+            if parse_socket_address(config[key]) is None:
+                raise query_error(f"Invalid {label} socket address. {SOCKET_EXPLANATION}")
+        if self.find_coordinator(fields["id"]) is not None:
+            raise query_error("Couldn't add coordinator since instance with such id already exists!")
+        others = self.registered(True)
+        if any(i["management_server"] == config["management_server"] for i in others):
+            raise query_error("Couldn't add coordinator since instance with such management endpoint already exists!")
+        if any(i["coordinator_server"] == config["coordinator_server"] for i in others):
+            raise query_error("Couldn't add coordinator since instance with such coordinator server already exists!")
+
+    def add_coordinator(self, fields):
+        self.check_add_coordinator(fields)
+        config = fields["config"]
+        name = f"coordinator_{fields['id']}"
+        inst = self.instances.get(name) or self._insert({"name": name, "coordinator_server": config["coordinator_server"]})
+        inst.update(registered=True, bolt_server=config["bolt_server"], management_server=config["management_server"],
+                    coordinator_server=config["coordinator_server"])
+
+    def check_remove_coordinator(self, fields):
+        if self.find_coordinator(fields["id"]) is None:
+            # src/query/interpreter.cpp @ v3.8.0 RemoveCoordinatorInstance (NO_SUCH_ID)
+            raise query_error(
+                f"Couldn't remove coordinator instance because coordinator with id {fields['id']} doesn't exist!"
+            )
+
+    def remove_coordinator(self, fields):
+        self.check_remove_coordinator(fields)
+        self.find_coordinator(fields["id"])["registered"] = False
+
+    def check_register_instance(self, fields):
+        # src/query/interpreter.cpp @ v3.8.0 REGISTER_INSTANCE, RegisterReplicationInstance
+        config = fields["config"]
+        if len(config) != 3:
+            raise query_error(
+                "Config map must contain exactly 3 entries: bolt_server, management_server and replication_server!"
+            )
+        for key in ("replication_server", "management_server", "bolt_server"):
+            if key not in config:
+                raise query_error(f"Config map must contain {key} entry!")
+        for key, label in (("bolt_server", "bolt"), ("management_server", "management"),
+                           ("replication_server", "replication")):
+            if parse_socket_address(config[key]) is None:
+                raise query_error(f"Invalid {label} socket address. {SOCKET_EXPLANATION}")
+        others = self.registered(False)
+        if any(i["name"] == fields["name"] for i in others):
+            raise query_error("Couldn't register replica instance since instance with such name already exists!")
+        if any(i["management_server"] == config["management_server"] for i in others):
+            raise query_error(
+                "Couldn't register replica instance since instance with such management server already exists!"
+            )
+        if any(i["replication_server"] == config["replication_server"] for i in others):
+            raise query_error(
+                "Couldn't register replica instance since instance with such replication endpoint already exists!"
+            )
+
+    def register_instance(self, fields):
+        self.check_register_instance(fields)
+        config = fields["config"]
+        inst = self.instances.get(fields["name"]) or self._insert({"name": fields["name"]})
+        inst.update(registered=True, **config)
+        if inst.get("role") not in ("main", "replica"):
+            inst["role"] = "replica"
+
+    def check_unregister_instance(self, fields):
+        # src/query/interpreter.cpp @ v3.8.0 UnregisterInstance
+        inst = self.find_data(fields["name"])
+        if inst is None:
+            raise query_error("No instance with such name!")
+        if inst["role"] == "main" and inst["health"] == "up":
+            raise query_error(
+                "Alive main instance can't be unregistered! Shut it down to trigger failover and then unregister it!"
+            )
+
+    def unregister_instance(self, fields):
+        self.check_unregister_instance(fields)
+        self.find_data(fields["name"])["registered"] = False
+
+    def check_set_main(self, fields):
+        # src/query/interpreter.cpp @ v3.8.0 SetReplicationInstanceToMain
+        if self.find_data(fields["name"]) is None:
+            raise query_error("No instance with such name!")
+        if any(i["role"] == "main" for i in self.registered(False)):
+            raise query_error("Couldn't set instance to main since there is already a main instance in cluster!")
+
+    def set_main(self, fields):
+        self.check_set_main(fields)
+        for inst in self.registered(False):
+            inst["role"] = "main" if inst["name"] == fields["name"] else "replica"
 
 
 class Session:
@@ -546,7 +980,7 @@ class Session:
         if auth is None:
             return
         if extra.get("scheme") != "basic" or extra.get("principal") != auth["user"] or extra.get("credentials") != auth["password"]:
-            raise BoltFailure("Memgraph.ClientError.Security.Unauthenticated", "Authentication failure")
+            raise BoltFailure(UNAUTHENTICATED, "Authentication failure")
 
     def handle(self, msg):
         tag, fields = msg.tag, msg.fields
@@ -596,12 +1030,7 @@ class Session:
             self.state = "AUTHENTICATION"
             self.send(SUCCESS, {})
         elif tag == 0x66:
-            if not self.cluster.is_coordinator(self.name):
-                raise BoltFailure(
-                    "Memgraph.ClientError.MemgraphError.MemgraphError",
-                    "test server: this data instance is managed by coordinators; send ROUTE to a coordinator",
-                )
-            self.send(SUCCESS, {"rt": self.cluster.routing_table()})
+            self.send(SUCCESS, {"rt": self.route(fields)})
         elif tag == 0x11:
             self.in_tx = True
             self.send(SUCCESS, {})
@@ -627,29 +1056,48 @@ class Session:
         else:
             raise BoltFailure("Memgraph.ClientError.Request.Invalid", f"test server: unsupported message {name}")
 
-    def run(self, query, params):
-        text = query.strip().rstrip(";").strip()
-        upper = " ".join(text.upper().split())
-        if upper == "SHOW VERSION":
-            return ["version"], [[self.cluster.version]], "r"
+    def route(self, fields):
+        # ROUTE fields: routing context, bookmarks, then db (Bolt 4.3) or extra {db} (4.4+).
+        context = fields[0] if fields and isinstance(fields[0], dict) else {}
+        db = None
+        if len(fields) > 2:
+            db = fields[2].get("db") if isinstance(fields[2], dict) else fields[2]
         if self.cluster.is_coordinator(self.name):
-            if upper == "SHOW INSTANCES":
-                fields, rows = self.cluster.show_instances()
-                return fields, rows, "r"
-            if upper.startswith("UPDATE CONFIG"):
-                self.cluster.update_config(self.name, text)
-                return [], [], "s"
-            if upper.startswith(("ADD COORDINATOR", "REGISTER INSTANCE", "SET INSTANCE")):
-                self.cluster.register(self.name, text)
-                return [], [], "s"
-            raise BoltFailure("Memgraph.ClientError.MemgraphError.MemgraphError", "Coordinator can run only coordinator queries!")
+            return self.cluster.routing_table(db)
+        # A data instance: src/query/interpreter.cpp Interpreter::Route @ v3.8.0 / v3.12.0.
+        if self.cluster.version.data_refuses_route:
+            raise query_error("Cannot fetch routing table from a data instance!")
+        if "address" not in context:
+            raise query_error("Routing table must contain address field.")
+        role = "WRITE" if self.cluster.instances[self.name]["role"] == "main" else "READ"
+        return {"ttl": self.cluster.ttl, "db": db if self.cluster.version.route_echoes_db else None,
+                "servers": [{"addresses": [context["address"]], "role": role}]}
+
+    def run(self, query, params):
+        parser = Parser(query, self.cluster.version)
+        statement = parser.coordinator_query(params)
+        if self.cluster.is_coordinator(self.name):
+            if statement is None:
+                # src/query/interpreter.cpp @ v2.22.0 (5565), v3.8.0 (8097), v3.12.0 (9939):
+                # SHOW VERSION, RETURN 1 and every other non-coordinator query included.
+                raise query_error("Coordinator can run only coordinator queries!")
+            action, fields = statement
+            columns, rows = self.cluster.run_coordinator_query(self.name, action, fields)
+            return columns, rows, "r" if action == "show_instances" else "s"
+        if statement is not None:
+            raise query_error(ONLY_COORDINATOR[statement[0]])
+        text = " ".join(query.strip().rstrip(";").split())
+        if text.upper() == "SHOW VERSION":
+            # Data instances answer it (src/query/interpreter.cpp @ v3.8.0 VersionQuery).
+            return ["version"], [[self.cluster.version.text]], "r"
         m = re.fullmatch(r"RETURN\s+(\$\w+|-?\d+|'[^']*')\s+AS\s+(\w+)", text, re.IGNORECASE)
         if not m:
-            raise BoltFailure("Memgraph.ClientError.Statement.SyntaxError", "test server: only RETURN <literal or $param> AS <name> is supported")
+            raise query_error("test server: a data instance here answers only SHOW VERSION and RETURN <literal or $param> AS <name>")
         literal = m.group(1)
         if literal.startswith("$"):
             if literal[1:] not in params:
-                raise BoltFailure("Memgraph.ClientError.Statement.SemanticError", f"Parameter {literal} not provided.")
+                # src/query/cypher_query_interpreter.cpp @ v3.10.0 (line 67)
+                raise query_error(f"Parameter {literal} not provided.")
             value = params[literal[1:]]
         elif literal.startswith("'"):
             value = literal[1:-1]
