@@ -889,7 +889,7 @@ async fn rotation_through_the_api_server(
 /// the chart's in-cluster names for the e2e-nodeport cluster is checked, synced to the
 /// external addresses the API server's objects give, and checked again.
 async fn routing_in_cluster(client: &Client, kubeconfig: &str, dir: &std::path::Path) {
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
     let ns = "e2e-nodeport";
     // The chart's internal headless Services, whose names the registrations use.
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
@@ -945,14 +945,45 @@ async fn routing_in_cluster(client: &Client, kubeconfig: &str, dir: &std::path::
         name: "bolt-test-server".into(),
     };
     let mut first = String::new();
-    std::io::BufReader::new(server.child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut stdout = std::io::BufReader::new(server.child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
     let ready: Value = serde_json::from_str(&first).expect("the test server's listening line");
     let bolt = ready["listening"]["coordinator_1"]
         .as_str()
         .unwrap()
         .to_string();
+    // The cluster was created at 3.2.1, which has no UPDATE CONFIG: upgraded to 3.8.0 (a
+    // pod's image may change in place), as the test server plays. On 3.8 only the leader
+    // takes the writes, reached by its pod IP (set here, playing the kubelet; the test server
+    // also serves coordinator_1 there).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for name in instances {
+        let pod = format!("{name}-0");
+        let current = pods.get(&pod).await.unwrap();
+        let container = current.spec.unwrap().containers[0].name.clone();
+        let upgrade = json!({"spec": {"containers": [{"name": container, "image": "memgraph/memgraph:3.8.0"}]}});
+        pods.patch(&pod, &PatchParams::default(), &Patch::Strategic(&upgrade))
+            .await
+            .unwrap();
+    }
+    let leader_ip = "127.0.13.11";
+    writeln!(
+        server.child.stdin.as_mut().unwrap(),
+        "alias coordinator_1 {leader_ip}:7687"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stdout.read_line(&mut reply).unwrap();
+    assert!(reply.starts_with("ok"), "{reply}");
+    let status = json!({"status": {"phase": "Running", "podIP": leader_ip, "podIPs": [{"ip": leader_ip}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(
+        "memgraph-coordinator-1-0",
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
 
     let routing = |args: &[&str]| {
         let out = std::process::Command::new(BIN)

@@ -87,6 +87,10 @@ fn renderings() -> Vec<(&'static str, Vec<&'static str>)> {
                 "routing.reconcile.boltTls=verify",
                 "--set",
                 "routing.reconcile.caSecret=memgraph-bolt-ca",
+                "--set",
+                "routing.reconcile.namespaces={memgraph-ha,memgraph-b}",
+                "--set",
+                "routing.reconcile.podSelector=app.kubernetes.io/instance=memgraph-ha",
             ],
         ),
         (
@@ -396,14 +400,37 @@ fn value_combinations_render_what_they_say() {
 
     // Every decision value reaches its MAI_* variable; the webhook settings its config.
     let values = render(4);
-    // The routing reconciler adds exactly: pods get/list/watch, and a Lease in its namespace.
+    // The routing reconciler adds exactly: pods get/list/watch in each served namespace
+    // (a Role there, no ClusterRole), and a Lease in its own namespace.
+    let pod_roles: Vec<&Value> = values
+        .iter()
+        .filter(|d| {
+            d["kind"] == "Role" && d["metadata"]["name"] == "mai-memgraph-address-injector-routing"
+        })
+        .collect();
     assert_eq!(
-        find(
-            &values,
-            "ClusterRole",
-            Some("mai-memgraph-address-injector-routing")
-        )["rules"],
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+        pod_roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].clone())
+            .collect::<Vec<_>>(),
+        [json!("memgraph-ha"), json!("memgraph-b")]
+    );
+    for role in &pod_roles {
+        assert_eq!(
+            role["rules"],
+            json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+        );
+    }
+    assert_eq!(
+        count(&values, "RoleBinding"),
+        3,
+        "two pod Roles and the Lease's bound"
+    );
+    assert!(
+        !values
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" && d["rules"].to_string().contains("pods")),
+        "no cluster-wide pod access"
     );
     let lease = find(
         &values,
@@ -436,6 +463,11 @@ fn value_combinations_render_what_they_say() {
         ("MAI_NODE_ADDRESS_TYPES", "InternalIP,ExternalIP"),
         ("MAI_COORDINATOR_FLAG", "--advertised-bolt={address}"),
         ("MAI_REQUEST_BUDGET_MS", "1500"),
+        ("MAI_RECONCILE_NAMESPACES", "memgraph-ha,memgraph-b"),
+        (
+            "MAI_RECONCILE_POD_SELECTOR",
+            "app.kubernetes.io/instance=memgraph-ha",
+        ),
         (
             "MAI_CONTAINER_NAMES",
             "memgraph,memgraph-coordinator,memgraph-data",

@@ -840,6 +840,8 @@ async fn the_chart_runs_on_a_real_node() {
             "--reuse-values",
             "--set",
             "routing.reconcile.enabled=true",
+            "--set",
+            "routing.reconcile.namespaces={ha}",
             "--wait",
             "--timeout",
             "180s",

@@ -233,7 +233,11 @@ async fn set_node_ready(client: &Client, name: &str, ready: bool) {
 
 /// Plays the kubelet: the pod runs, is Ready, and has `ip`.
 async fn pod_running(client: &Client, pod: &str, ip: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pod_running_in(client, NS, pod, ip).await
+}
+
+async fn pod_running_in(client: &Client, ns: &str, pod: &str, ip: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_for(Duration::from_secs(60), &format!("pod {pod}"), || async {
         pods.get_opt(pod).await.ok().flatten()
     })
@@ -322,6 +326,8 @@ struct Cluster {
     client: Client,
     server: TestServer,
     password_file: std::path::PathBuf,
+    /// The admission webhook that stamps the reconciler's label on the pods it admits.
+    _admission: Webhook,
 }
 
 /// The control plane, three Nodes, the chart's cluster in `rc` (coordinators and data-0
@@ -356,7 +362,30 @@ async fn cluster_with(tls: Option<Value>) -> Cluster {
     .await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    for (sts, role, _, _) in INSTANCES {
+    let kubeconfig = plane.kubeconfig.display().to_string();
+    let admission_dir = dir.path().join("admission");
+    std::fs::create_dir_all(&admission_dir).unwrap();
+    let admission = start_webhook(
+        &admission_dir,
+        &["--on-pending", "allow"],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let health_port = admission.health_port;
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(30), "webhook readiness", || {
+            http_status(health_port, "/readyz") == Some(200)
+        })
+    })
+    .await
+    .unwrap();
+    // data-0 is created before the webhook is registered, as a cluster installed before us
+    // is: its pod carries no label and is found by the reconciler's one full list.
+    let mut order = INSTANCES.to_vec();
+    order.rotate_left(3);
+    for (i, (sts, role, _, _)) in order.into_iter().enumerate() {
+        if i == 1 {
+            register_webhook(&client, &admission).await;
+        }
         // The chart's internal Service, whose name the registrations use.
         let internal: Service = from(
             json!({"metadata": {"name": sts}, "spec": {"clusterIP": "None",
@@ -402,6 +431,7 @@ async fn cluster_with(tls: Option<Value>) -> Cluster {
         client,
         server,
         password_file,
+        _admission: admission,
     }
 }
 
@@ -427,6 +457,9 @@ fn start_reconciler_with(
         ("POD_NAME", identity),
         ("MAI_RECONCILE_BOLT_USER", USER),
         ("MAI_RECONCILE_BOLT_PASSWORD_FILE", password.as_str()),
+        ("MAI_RECONCILE_NAMESPACES", NS),
+        // The test server speaks plain Bolt here (bolt_over_tls covers TLS).
+        ("MAI_RECONCILE_ALLOW_INSECURE_CREDENTIALS", "true"),
     ];
     if fast {
         env.extend([
@@ -487,6 +520,12 @@ async fn changes_are_corrected() {
         before.values().all(|b| b.contains(".svc.cluster.local")),
         "{before:?}"
     );
+
+    // Tenants that look like coordinators: a StatefulSet pod in a namespace the reconciler
+    // does not serve, and a bare pod in `rc` (no StatefulSet), both labelled as the webhook
+    // labels, Ready, with a memgraph container. Neither may get a connection (credentials).
+    let trap = Trap::listen(&["127.0.10.30:7687", "127.0.10.31:7687"]);
+    tenant_coordinators(&client).await;
 
     // Two replicas; one takes the Lease.
     let a = start_reconciler(&c, "replica-a", true);
@@ -899,6 +938,90 @@ async fn changes_are_corrected() {
         http_status(replicas[other].health_port, "/readyz"),
         Some(200)
     );
+    assert_eq!(
+        trap.connections(),
+        0,
+        "the reconciler dialled a pod that is not a coordinator of a served StatefulSet"
+    );
+    // The pod created before the webhook was registered has no label, and was corrected
+    // all the same (step 1): the full list found it.
+    let data0: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let labels = data0
+        .get("memgraph-data-0-0")
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert!(
+        !labels.contains_key("memgraph-address-injector/managed"),
+        "{labels:?}"
+    );
+}
+
+/// Listeners that count who connects.
+struct Trap {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Trap {
+    fn listen(addresses: &[&str]) -> Self {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for address in addresses {
+            let listener = std::net::TcpListener::bind(address).expect("trap address");
+            let count = count.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if conn.is_ok() {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        Self { count }
+    }
+
+    fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A coordinator-shaped StatefulSet in namespace `tenant` (pod IP 127.0.10.30) and a bare
+/// coordinator-shaped pod in `rc` (127.0.10.31), both labelled, Ready.
+async fn tenant_coordinators(client: &Client) {
+    namespace(client, "tenant").await;
+    let mut sts = chart_statefulset(
+        "memgraph-coordinator-1",
+        "coordinator",
+        "memgraph/memgraph:3.8.0",
+        &coordinator_args(1, "tenant"),
+    );
+    let template = sts
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap();
+    template
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("memgraph-address-injector/managed".into(), "true".into());
+    Api::<StatefulSet>::namespaced(client.clone(), "tenant")
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    pod_running_in(client, "tenant", "memgraph-coordinator-1-0", "127.0.10.30").await;
+    let mut bare = sts.spec.unwrap().template;
+    let meta = bare.metadata.get_or_insert_with(Default::default);
+    meta.name = Some("impostor-coordinator".into());
+    let pod: Pod = from(json!({"metadata": meta, "spec": bare.spec}));
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    pod_running(client, "impostor-coordinator", "127.0.10.31").await;
 }
 
 /// The figure for README (`scripts/bench` runs it): N changes of a LoadBalancer IP, each timed
@@ -1076,4 +1199,70 @@ async fn bolt_over_tls() {
         "corrected over Bolt+TLS in {:.1?} after the takeover",
         started.elapsed()
     );
+}
+
+/// What the reconciler may send credentials to is explicit: no served namespaces, a bad
+/// namespace name, or a password over plain Bolt without the opt-in are refused at start,
+/// each with one line naming the flag to set.
+#[test]
+fn credentials_go_nowhere_unless_the_operator_says_where_and_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let password = password.to_str().unwrap();
+    let serve = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "serve",
+                "--tls-cert",
+                "/nonexistent",
+                "--tls-key",
+                "/nonexistent",
+            ])
+            .arg("--reconcile-routing")
+            .args(extra)
+            .env_remove("MAI_RECONCILE_NAMESPACES")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (extra, needle) in [
+        (vec![], "needs --reconcile-namespaces"),
+        (
+            vec!["--reconcile-namespaces", "Bad_NS"],
+            "\"Bad_NS\" in --reconcile-namespaces",
+        ),
+        (
+            vec![
+                "--reconcile-namespaces",
+                "rc",
+                "--reconcile-bolt-user",
+                "admin",
+                "--reconcile-bolt-password-file",
+                password,
+            ],
+            "--reconcile-allow-insecure-credentials",
+        ),
+        (
+            vec![
+                "--reconcile-namespaces",
+                "rc",
+                "--reconcile-bolt-user",
+                "admin",
+                "--reconcile-bolt-password-file",
+                password,
+                "--reconcile-bolt-tls",
+                "skip-verify",
+            ],
+            "--reconcile-allow-insecure-credentials",
+        ),
+    ] {
+        let (code, stderr) = serve(&extra);
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{extra:?}: {stderr}");
+    }
 }

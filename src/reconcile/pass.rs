@@ -153,19 +153,34 @@ impl Pass<'_> {
     }
 
     /// The pod behind an instance's registration (its management endpoint names it).
+    /// The instance's pod, a StatefulSet's before any other the address also names.
     fn pod_of(&self, instance: &Instance) -> Option<&Pod> {
-        let find = |name: &str| self.snapshot.pods.iter().find(|p| p.name_any() == name);
-        match target_of(instance, &self.cluster)? {
-            Target::Pod { name, .. } => find(&name),
-            Target::Service { namespace, name } => {
-                let svc = self.cluster.state.service(&namespace, &name)?;
-                self.snapshot.pods.iter().find(|p| {
+        let pods = self.pods_of(instance);
+        pods.iter()
+            .find(|p| controlling_statefulset(p).is_some())
+            .or(pods.first())
+            .copied()
+    }
+
+    /// Every pod the instance's registered address names: a Service's selector may match
+    /// pods that are not the instance's (another workload with the same labels).
+    fn pods_of(&self, instance: &Instance) -> Vec<&Pod> {
+        let pods = self.snapshot.pods.iter();
+        match target_of(instance, &self.cluster) {
+            None => Vec::new(),
+            Some(Target::Pod { name, .. }) => pods.filter(|p| p.name_any() == name).collect(),
+            Some(Target::Service { namespace, name }) => {
+                let Some(svc) = self.cluster.state.service(&namespace, &name) else {
+                    return Vec::new();
+                };
+                pods.filter(|p| {
                     !svc.selector.is_empty()
                         && svc
                             .selector
                             .iter()
                             .all(|(k, v)| p.labels().get(k) == Some(v))
                 })
+                .collect()
             }
         }
     }
@@ -410,11 +425,11 @@ pub async fn reconcile(
     // INSTANCES' role column and reached by its pod IP; 3.9+ forwards from any coordinator.
     let mut leader = None;
     if plan::needs_leader(version) {
-        let leader_pod = instances
-            .iter()
-            .find(|i| i.is_leader())
-            .and_then(|i| pass.pod_of(i))
-            .filter(|p| coordinators.iter().any(|c| c.name_any() == p.name_any()));
+        let leader_pod = instances.iter().find(|i| i.is_leader()).and_then(|i| {
+            pass.pods_of(i)
+                .into_iter()
+                .find(|p| coordinators.iter().any(|c| c.name_any() == p.name_any()))
+        });
         let why = match leader_pod {
             None => Some(format!(
                 "SHOW INSTANCES names no leader among the Ready coordinator pods of {namespace}"

@@ -134,6 +134,20 @@ impl Webhook {
     }
 }
 
+/// A failing test shows what the webhook logged last.
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- the last lines of {} ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 /// Starts `serve` with fresh certificates in `dir`; `extra` are more serve flags (for example
 /// `--cluster-state FILE`), `env` more environment (for example KUBECONFIG).
 pub fn start_webhook(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhook {

@@ -127,3 +127,11 @@ not change), else fresh ones. Memoised in .Values so the Secret and the caBundle
 {{- end -}}
 object.spec.containers.exists(c, ((has(c.image) && c.image.matches('(^|/)memgraph/memgraph(-mage)?([:@].*)?$')) || c.name in [{{ join ", " $names }}]) && (c.name in ['memgraph-coordinator', 'memgraph-data'] || (has(c.args) && c.args.exists(a, a.matches('^--?(management|coordinator)[-_](port|id)(=|$)'))) || (has(c.command) && c.command.exists(a, a.matches('^--?(management|coordinator)[-_](port|id)(=|$)'))) || (has(c.env) && c.env.exists(e, e.name in ['MEMGRAPH_MANAGEMENT_PORT', 'MEMGRAPH_COORDINATOR_PORT', 'MEMGRAPH_COORDINATOR_ID']))))
 {{- end }}
+
+{{/* The served namespaces, comma-separated; refused when the reconciler is on without any. */}}
+{{- define "mai.reconcileNamespaces" -}}
+{{- if not .Values.routing.reconcile.namespaces -}}
+{{- fail "routing.reconcile.enabled needs routing.reconcile.namespaces: the namespaces of the Memgraph HA releases it may send Bolt credentials to" -}}
+{{- end -}}
+{{- join "," .Values.routing.reconcile.namespaces -}}
+{{- end -}}
