@@ -646,7 +646,8 @@ async fn chart_against_a_real_control_plane() {
     create_crds(&client).await;
 
     // 1. Every rendering, applied server-side with dryRun and strict field validation.
-    for ns in [NS, "mai-system"] {
+    // NS, the other release's, and the namespaces a rendering's reconciler serves.
+    for ns in [NS, "mai-system", "memgraph-ha", "memgraph-b"] {
         let api: Api<Namespace> = Api::all(client.clone());
         api.create(
             &PostParams::default(),

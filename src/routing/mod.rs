@@ -639,6 +639,8 @@ async fn writer<'c>(
     };
     let endpoint = target_of(leader, cluster)
         .and_then(|t| cluster.pod_for(&t))
+        // Credentials go only to a StatefulSet's pod, as the reconciler sends them.
+        .filter(|p| p.statefulset.is_some())
         .and_then(|p| cluster.pod_endpoint(p));
     let at_hand = conn.address().to_string();
     let mut names = vec![leader.bolt_server.clone()];

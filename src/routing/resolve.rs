@@ -338,11 +338,15 @@ impl RoutingCluster {
                 .find(|p| &p.namespace == namespace && &p.name == name),
             Target::Service { namespace, name } => {
                 let svc = self.state.service(namespace, name)?;
-                self.pods.iter().find(|p| {
+                let mut selected = self.pods.iter().filter(|p| {
                     &p.namespace == namespace
                         && !svc.selector.is_empty()
                         && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                })
+                });
+                // A selector may also match a look-alike; the StatefulSet's pod is the
+                // instance (and the only one `routing sync` sends credentials to).
+                let first = selected.clone().next();
+                selected.find(|p| p.statefulset.is_some()).or(first)
             }
         }
     }
