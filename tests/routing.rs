@@ -869,7 +869,7 @@ fn the_test_server_answers_as_each_memgraph_release_does() {
 #[test]
 fn sync_follows_what_each_memgraph_release_accepts() {
     let python = python();
-    let sync = |cluster: &Cluster, file: &Path, bolt: &str| {
+    let sync = |file: &Path, bolt: &str| {
         cli(&[
             "routing",
             "sync",
@@ -903,7 +903,7 @@ fn sync_follows_what_each_memgraph_release_accepts() {
     let mut cluster = Cluster::start(dir.path(), &python, json!({"version": "3.9.0"}));
     let file = cluster.cluster_file(dir.path());
     let follower = cluster.at("coordinator_2");
-    let (code, stdout, stderr) = sync(&cluster, &file, &follower);
+    let (code, stdout, stderr) = sync(&file, &follower);
     assert_eq!(code, 0, "3.9: {stdout}{stderr}");
     let journal = cluster.journal_from(0);
     let written = updates(&journal);
@@ -936,7 +936,7 @@ fn sync_follows_what_each_memgraph_release_accepts() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&file, without).unwrap();
-    let (code, stdout, stderr) = sync(&cluster, &file, &cluster.at("coordinator_2"));
+    let (code, stdout, stderr) = sync(&file, &cluster.at("coordinator_2"));
     assert_eq!(code, 2, "3.8 without pod IPs: {stdout}{stderr}");
     assert!(stderr.contains("--in-cluster"), "{stderr}");
     let journal = cluster.journal_from(0);
@@ -949,7 +949,7 @@ fn sync_follows_what_each_memgraph_release_accepts() {
     let mut cluster = Cluster::start(dir.path(), &python, json!({}));
     cluster.version = "latest".into();
     let file = cluster.cluster_file(dir.path());
-    let (code, stdout, stderr) = sync(&cluster, &file, &cluster.at("coordinator_2"));
+    let (code, stdout, stderr) = sync(&file, &cluster.at("coordinator_2"));
     assert_eq!(code, 0, "latest on 3.8: {stdout}{stderr}");
     assert!(stdout.contains("Memgraph version unknown"), "{stdout}");
     let journal = cluster.journal_from(0);
@@ -967,7 +967,7 @@ fn sync_follows_what_each_memgraph_release_accepts() {
     let mut cluster = Cluster::start(dir.path(), &python, json!({"version": "3.7.2"}));
     cluster.version = "latest".into();
     let file = cluster.cluster_file(dir.path());
-    let (code, stdout, stderr) = sync(&cluster, &file, &cluster.at("coordinator_1"));
+    let (code, stdout, stderr) = sync(&file, &cluster.at("coordinator_1"));
     assert_eq!(code, 2, "latest on 3.7: {stdout}{stderr}");
     assert!(stderr.contains("--memgraph-version"), "{stderr}");
     assert!(stderr.contains("REMOVE COORDINATOR"), "{stderr}");
