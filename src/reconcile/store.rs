@@ -204,12 +204,19 @@ impl Store {
         if count > 0 {
             tracing::info!(count, "Memgraph pods without the label {MANAGED_LABEL} (created before the webhook was installed) are followed by a full list at each resync; recreate them to follow them live");
         }
+        self.unlabelled_listed(found);
+    }
+
+    /// Keeps a full list's result. The first one always signals: it may be the last of the
+    /// lists the loop waits for, and the loop only looks again when signalled.
+    fn unlabelled_listed(&self, found: BTreeMap<String, BTreeMap<String, Pod>>) {
         let mut objects = self.lock();
         let changed = !same_pods(&found, &objects.unlabelled);
+        let first = !objects.full_listed;
         objects.unlabelled = found;
         objects.full_listed = true;
         drop(objects);
-        if changed {
+        if changed || first {
             self.signal(Signal::AllNamespaces);
         }
     }
@@ -406,4 +413,41 @@ fn slim_node(mut node: Node) -> Node {
         status.images = None;
     }
     node
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (Store, mpsc::UnboundedReceiver<Signal>) {
+        let scope = Scope {
+            namespaces: BTreeSet::from(["rc".to_string()]),
+            pod_selector: NodeSelector::default(),
+        };
+        Store::new(crate::decision::Config::default().recognition, scope)
+    }
+
+    /// Whichever list completes last must wake the loop: a full list that finds nothing
+    /// new after the watches have listed (every pod carries the label) still signals once,
+    /// or no pass runs until the resync.
+    #[test]
+    fn the_last_list_to_complete_wakes_the_loop() {
+        let (store, mut signals) = store();
+        store.pod_event("rc", Event::Init);
+        store.pod_event("rc", Event::InitDone);
+        store.service_event(&Event::Init);
+        store.service_event(&Event::InitDone);
+        store.node_event(&Event::Init);
+        store.node_event(&Event::InitDone);
+        while signals.try_recv().is_ok() {}
+        assert!(!store.is_synced(), "the full list has not completed");
+
+        store.unlabelled_listed(BTreeMap::new());
+        assert!(store.is_synced());
+        assert_eq!(signals.try_recv(), Ok(Signal::AllNamespaces));
+
+        // Later lists that find the same pods stay quiet.
+        store.unlabelled_listed(BTreeMap::new());
+        assert!(signals.try_recv().is_err());
+    }
 }
