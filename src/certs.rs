@@ -34,6 +34,8 @@ pub enum CertError {
     NoKey(PathBuf),
     #[error("the client CA file {0} is not usable: {1}")]
     ClientCa(PathBuf, String),
+    #[error("--valid-days {0} is out of range: give 1 to {MAX_VALID_DAYS} days")]
+    ValidDays(i64),
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("the key in {key} does not belong to the certificate in {cert}; replace both files together (a Secret updated half way?)")]
@@ -50,6 +52,10 @@ pub enum CertError {
     },
 }
 
+/// The CA gets twice the serving certificate's validity; X.509 dates end in 9999, and
+/// 100 years is far past any rotation policy.
+pub const MAX_VALID_DAYS: i64 = 36_500;
+
 pub struct GeneratedFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -65,6 +71,9 @@ pub fn generate(
     force: bool,
     valid_days: i64,
 ) -> Result<GeneratedFiles, CertError> {
+    if !(1..=MAX_VALID_DAYS).contains(&valid_days) {
+        return Err(CertError::ValidDays(valid_days));
+    }
     let files = GeneratedFiles {
         ca: out.join("ca.crt"),
         cert: out.join("tls.crt"),
@@ -93,7 +102,7 @@ pub fn generate(
         KeyUsagePurpose::DigitalSignature,
     ];
     ca_params.not_before = not_before;
-    ca_params.not_after = now + Duration::days(valid_days.max(1) * 2);
+    ca_params.not_after = now + Duration::days(valid_days * 2);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
     let mut params = CertificateParams::new(vec![
@@ -112,7 +121,7 @@ pub fn generate(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.not_before = not_before;
-    params.not_after = now + Duration::days(valid_days.max(1));
+    params.not_after = now + Duration::days(valid_days);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
 
@@ -184,6 +193,23 @@ mod tests {
         let again = generate("svc", "ns", &[], &out, true, 30).unwrap();
         assert_eq!(mode(&again.key), 0o600);
         assert_ne!(std::fs::read(&again.key).unwrap(), before);
+    }
+
+    /// A validity past what a date can hold (or below a day) is an error naming the flag,
+    /// not a panic in the date arithmetic; nothing is written.
+    #[test]
+    fn validity_out_of_range_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        for days in [0, -5, MAX_VALID_DAYS + 1, i64::MAX / 2, i64::MAX] {
+            let err = generate("svc", "ns", &[], &out, false, days)
+                .err()
+                .expect("refused");
+            assert!(matches!(err, CertError::ValidDays(d) if d == days), "{err}");
+            assert!(err.to_string().contains("--valid-days"), "{err}");
+        }
+        assert!(!out.exists(), "nothing written");
+        generate("svc", "ns", &[], &out, false, MAX_VALID_DAYS).unwrap();
     }
 
     #[test]

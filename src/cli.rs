@@ -171,6 +171,11 @@ pub struct ServeArgs {
     /// new connection is closed at once, so the client can retry another replica.
     #[arg(long, env = "MAI_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Seconds a connection may go without a request before it is closed (HTTP/1.1
+    /// keep-alive and HTTP/2 alike; HTTP/2 PINGs do not count), so that idle connections
+    /// cannot hold every slot of --max-connections.
+    #[arg(long, env = "MAI_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub idle_timeout_seconds: u64,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "MAI_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
@@ -230,7 +235,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Limits that cannot be zero: each would refuse every request (or connection) while the
+/// pod looks healthy. Checked before anything connects.
+fn check_limits(args: &ServeArgs) -> anyhow::Result<()> {
+    let limits = [
+        ("--request-budget-ms", args.request_budget_ms),
+        ("--max-in-flight", args.max_in_flight as u64),
+        ("--max-connections", args.max_connections as u64),
+        ("--idle-timeout-seconds", args.idle_timeout_seconds),
+    ];
+    for (flag, value) in limits {
+        if value == 0 {
+            bail!("{flag} must be at least 1 (0 would refuse every admission request)");
+        }
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    check_limits(&args)?;
     let config = args.decision.config()?;
     let identity = args
         .pod_name
@@ -273,12 +296,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
-    if args.max_in_flight == 0 {
-        bail!("--max-in-flight must be at least 1");
-    }
-    if args.max_connections == 0 {
-        bail!("--max-connections must be at least 1");
-    }
     let mut app = AppState::new(
         cluster,
         config,
@@ -300,7 +317,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await?,
         );
     }
-    server::serve(
+    let served = server::serve(
         ServeOptions {
             listen: args.listen,
             health_listen: args.health_listen,
@@ -314,14 +331,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
             header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
             max_connections: args.max_connections,
+            idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
         },
         app,
     )
-    .await?;
+    .await;
+    // Also when serving failed (a port taken, a certificate that does not load): the Lease
+    // goes back now instead of blocking the other replicas for a Lease duration.
     if let Some(reconciler) = reconciler {
         reconciler.stop(Duration::from_secs(3)).await;
     }
-    Ok(())
+    Ok(served?)
 }
 
 /// A Pod is wrapped as the CREATE request the API server would send.

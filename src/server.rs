@@ -2,6 +2,7 @@
 //! listener. A thin shell: it reads the body, calls the pure decision against the cluster
 //! view, and writes the answer.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +49,16 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Open HTTPS connections at most; past it a new connection is closed at once.
     pub max_connections: usize,
+    /// A connection (HTTP/1.1 or HTTP/2) with no request for this long is closed, so that
+    /// idle connections cannot hold every slot of the cap.
+    pub idle_timeout: Duration,
 }
+
+/// HTTP/2 PINGs on a quiet connection, and how long an answer may take before the peer is
+/// taken for gone. They find dead peers; idle but live ones are closed by the idle timeout,
+/// which PINGs do not reset (it counts requests, not bytes).
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Open connections on the plain-HTTP health listener at most: probes and a scraper or two.
 pub const HEALTH_MAX_CONNECTIONS: usize = 64;
@@ -358,34 +368,43 @@ pub async fn serve(options: ServeOptions, mut app: AppState) -> Result<(), Serve
             health_handle.graceful_shutdown(Some(grace));
         });
     }
+    let idle = options.idle_timeout;
     let mut health = axum_server::from_tcp(health_listener)
         .map_err(ServeError::Serve)?
-        .map(|plain| Capped::new(plain, HEALTH_MAX_CONNECTIONS, "health"))
+        .map(|plain| Capped::new(plain, HEALTH_MAX_CONNECTIONS, "health").idle_after(idle))
         .handle(health_handle);
-    health
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
+    limit_http(health.http_builder(), &options);
     let health = health.serve(health_router(app.clone()).into_make_service());
 
     tracing::info!(webhook = %options.listen, health = %options.health_listen, max_connections = options.max_connections, "serving");
     let max_connections = options.max_connections;
     let mut webhook = axum_server::from_tcp_rustls(webhook_listener, tls)
         .map_err(ServeError::Serve)?
-        .map(|tls| Capped::new(tls, max_connections, "webhook"))
+        .map(|tls| Capped::new(tls, max_connections, "webhook").idle_after(idle))
         .handle(handle);
-    // A client that never finishes its headers is dropped instead of holding a connection.
-    webhook
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
+    limit_http(webhook.http_builder(), &options);
     let webhook = webhook.serve(webhook_router(app).into_make_service());
     let (webhook, health) = tokio::join!(webhook, health);
     webhook.map_err(ServeError::Serve)?;
     health.map_err(ServeError::Serve)?;
     Ok(())
+}
+
+/// A client that never finishes its HTTP/1.1 headers is dropped instead of holding a
+/// connection; HTTP/2 peers that stop answering PINGs are dropped too.
+fn limit_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    options: &ServeOptions,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
 }
 
 /// An acceptor that caps open connections. Past the cap a new connection is closed at once,
@@ -399,6 +418,7 @@ pub struct Capped<A> {
     cap: usize,
     refused: Arc<std::sync::atomic::AtomicU64>,
     listener: &'static str,
+    idle: Option<Duration>,
 }
 
 impl<A> Capped<A> {
@@ -409,13 +429,20 @@ impl<A> Capped<A> {
             cap,
             refused: Arc::default(),
             listener,
+            idle: None,
         }
+    }
+
+    /// Closes a connection that has had no request in flight for `idle`.
+    pub fn idle_after(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 }
 
 impl<A, I, S> axum_server::accept::Accept<I, S> for Capped<A>
 where
-    A: axum_server::accept::Accept<I, S>,
+    A: axum_server::accept::Accept<I, Tracked<S>>,
     A::Future: Send + 'static,
     A::Stream: Send + 'static,
     A::Service: Send + 'static,
@@ -445,13 +472,27 @@ where
                 "the connection cap is reached",
             ))));
         };
-        let accepted = self.inner.accept(stream, service);
+        let activity = Arc::new(Activity::new());
+        let accepted = self.inner.accept(
+            stream,
+            Tracked {
+                inner: service,
+                activity: activity.clone(),
+            },
+        );
+        let idle = self.idle;
         Box::pin(async move {
             let (stream, service) = accepted.await?;
+            let idle = idle.map(|limit| IdleClock {
+                sleep: Box::pin(tokio::time::sleep(limit)),
+                activity,
+                limit,
+            });
             Ok((
                 Counted {
                     inner: stream,
                     _slot: slot,
+                    idle,
                 },
                 service,
             ))
@@ -459,10 +500,110 @@ where
     }
 }
 
+/// What a connection is doing: requests being answered, and when the last one ended.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: Default::default(),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Holds a request as in flight on its connection until dropped (answered or abandoned).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A connection's service, counting its requests for the idle timeout.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, R> tower_service::Service<R> for Tracked<S>
+where
+    S: tower_service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let busy = Busy::new(self.activity.clone());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await;
+            drop(busy);
+            answered
+        })
+    }
+}
+
+/// The idle timeout of one connection: a timer re-armed from its last request.
+struct IdleClock {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    activity: Arc<Activity>,
+    limit: Duration,
+}
+
+impl IdleClock {
+    /// `None` when the connection has been idle for the limit; else when to look again.
+    fn next_check(&self) -> Option<Instant> {
+        let now = Instant::now();
+        if self
+            .activity
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            return Some(now + self.limit);
+        }
+        let due = self.activity.last() + self.limit;
+        (due > now).then_some(due)
+    }
+}
+
 /// A connection holding one slot of its listener's cap until it is dropped.
 pub struct Counted<T> {
     inner: T,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    idle: Option<IdleClock>,
 }
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
@@ -471,6 +612,16 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        // The server always waits to read on an open connection, so the timer is polled
+        // here; at the limit the read ends (EOF) and hyper closes the connection.
+        if let Some(clock) = self.idle.as_mut() {
+            while clock.sleep.as_mut().poll(cx).is_ready() {
+                match clock.next_check() {
+                    Some(at) => clock.sleep.as_mut().reset(at.into()),
+                    None => return std::task::Poll::Ready(Ok(())),
+                }
+            }
+        }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -472,6 +472,63 @@ fn start_reconciler_with(
     start_webhook(&webhook_dir, &["--reconcile-routing"], &env)
 }
 
+/// Runs a reconciling replica whose `--listen` is `taken`; asserts that it exits non-zero
+/// and does not hold the Lease afterwards, and returns its log.
+async fn lease_of_failing_replica(c: &Cluster, taken: &str) -> String {
+    let dir = c._dir.path().join("failing");
+    std::fs::create_dir_all(&dir).unwrap();
+    gen_certs(&dir.join("certs"), &["127.0.0.1"]);
+    let log = dir.join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--reconcile-routing", "--listen", taken])
+        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--tls-cert")
+        .arg(dir.join("certs/tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("certs/tls.key"))
+        .env("KUBECONFIG", &c.plane.kubeconfig)
+        .env("POD_NAMESPACE", LEASE_NS)
+        .env("POD_NAME", "failing")
+        .env("MAI_RECONCILE_NAMESPACES", NS)
+        .env("MAI_RECONCILE_BOLT_USER", USER)
+        .env("MAI_RECONCILE_BOLT_PASSWORD_FILE", &c.password_file)
+        .env("MAI_RECONCILE_ALLOW_INSECURE_CREDENTIALS", "true")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let status = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica that cannot listen kept running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(!status.success(), "{status:?}");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), LEASE_NS);
+    if let Some(lease) = leases
+        .get_opt("memgraph-address-injector-routing")
+        .await
+        .unwrap()
+    {
+        let holder = lease.spec.and_then(|s| s.holder_identity);
+        assert_ne!(
+            holder.as_deref(),
+            Some("failing"),
+            "the Lease is still held"
+        );
+    }
+    std::fs::read_to_string(&log).unwrap()
+}
+
 async fn leader_of(replicas: &[&Webhook]) -> Option<usize> {
     let mut leaders = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
@@ -1108,6 +1165,14 @@ async fn bolt_over_tls() {
         "test",
     )
     .unwrap();
+
+    // 0. A replica whose HTTPS listener cannot bind (the port is taken) exits with the
+    //    reason, and gives the Lease back on the way out rather than leaving it to expire.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing = lease_of_failing_replica(&c, &taken.local_addr().unwrap().to_string()).await;
+    assert!(failing.contains("cannot listen on"), "{failing}");
+    assert!(failing.contains("Lease released"), "{failing}");
+    drop(taken);
 
     // 1. TLS on the Bolt port, plain Bolt in the reconciler: an Event, a metric, no write.
     //    (The default 15 s Lease here, and no shutdown delay: see step 2.)

@@ -137,10 +137,20 @@ impl fmt::Display for BoltAddress {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
+}
+
+/// Never the password: these options end up in logs and panic messages.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A query's result: column names and rows.
@@ -834,6 +844,21 @@ fn failure_of(meta: Option<Value>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Options and credentials reach logs and panic messages through Debug.
+    #[test]
+    fn debug_output_never_holds_the_password() {
+        let options = ConnectOptions {
+            credentials: Some(Credentials {
+                user: "memgraph".into(),
+                password: "s3cr3t-hunter2".into(),
+            }),
+            ..ConnectOptions::default()
+        };
+        let printed = format!("{options:?} {:#?}", options.credentials);
+        assert!(!printed.contains("s3cr3t-hunter2"), "{printed}");
+        assert!(printed.contains("memgraph"), "{printed}");
+    }
 
     #[test]
     fn failures_read_code_and_message() {
