@@ -362,3 +362,43 @@ async fn image_runs_like_the_deployment() {
         start.elapsed().as_secs_f64()
     );
 }
+
+/// `docker build` sees only what .dockerignore lets through: every path the Dockerfile
+/// COPYs from the context must be let through (crates/ and build.rs once were not, and the
+/// build failed on a machine with Docker).
+#[test]
+fn the_docker_context_holds_what_the_dockerfile_copies() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(rules.first(), Some(&"*"), "the context starts from nothing");
+    let allowed: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| r.strip_prefix('!'))
+        .map(|r| r.trim_end_matches('/'))
+        .collect();
+    let mut sources = Vec::new();
+    for line in dockerfile.lines().map(str::trim) {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if args.starts_with("--from") {
+            continue;
+        }
+        let words: Vec<&str> = args.split_whitespace().collect();
+        sources.extend(words[..words.len() - 1].iter().map(|w| w.to_string()));
+    }
+    assert!(sources.len() >= 5, "{sources:?}");
+    for source in &sources {
+        let top = source.trim_start_matches("./").split('/').next().unwrap();
+        assert!(
+            allowed.contains(&top),
+            "the Dockerfile copies {source}, which .dockerignore keeps out of the context"
+        );
+        assert!(repo().join(top).exists(), "{source} is not in the repository");
+    }
+}
