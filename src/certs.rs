@@ -42,6 +42,20 @@ pub enum CertError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("the certificate in {cert} {problem}; renew it (or fix the clock)")]
     NotValidNow { cert: PathBuf, problem: String },
+    #[error("--tls-dns-name {0:?} is not a DNS name; give the webhook Service's name, e.g. memgraph-address-injector.NAMESPACE.svc")]
+    BadDnsName(String),
+    #[error("the certificate in {cert} is not valid for {name} (its subject alternative names do not cover it: {cause}); issue it for the webhook Service's DNS name")]
+    NameMissing {
+        cert: PathBuf,
+        name: String,
+        cause: rustls::Error,
+    },
+    #[error("the certificate in {cert} does not chain to the CA in {ca} ({cause}); issue it from that CA or fix --tls-ca")]
+    NotFromCa {
+        cert: PathBuf,
+        ca: PathBuf,
+        cause: rustls::Error,
+    },
     #[error(
         "the certificate in {cert} and the key in {key} do not form a usable TLS identity: {cause}"
     )]

@@ -160,6 +160,14 @@ pub struct ServeArgs {
     /// AdmissionConfiguration that presents one).
     #[arg(long, env = "MAI_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// The webhook Service's DNS name (SERVICE.NAMESPACE.svc): a certificate that is not valid
+    /// for it is not swapped in on reload, and at startup makes the replica not ready.
+    #[arg(long, env = "MAI_TLS_DNS_NAME")]
+    pub tls_dns_name: Option<String>,
+    /// The CA the API server trusts for this webhook (the caBundle): a certificate that does
+    /// not chain to it is not swapped in on reload, and at startup makes the replica not ready.
+    #[arg(long, env = "MAI_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// How often the certificate files are compared with the served certificate, in seconds
     /// (a file watch reacts sooner).
     #[arg(long, env = "MAI_CERT_POLL_SECONDS", default_value_t = 5)]
@@ -325,6 +333,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 cert: args.tls_cert,
                 key: args.tls_key,
                 client_ca: args.client_ca,
+                dns_name: args.tls_dns_name,
+                ca: args.tls_ca,
             },
             cert_poll: Duration::from_secs(args.cert_poll_seconds.max(1)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),

@@ -4,6 +4,11 @@
 //! that fails (garbage, a key that does not match, a half-swapped Secret, a certificate not
 //! valid now) is logged, counted and retried by the poll; the last good pair keeps serving
 //! and readiness does not change, so a bad Secret update never takes every replica out.
+//!
+//! A replacement must also be the webhook's own identity: valid for the Service's DNS name
+//! (`--tls-dns-name`) and, when `--tls-ca` is given, issued by the CA the API server trusts
+//! (the caBundle). A pair that fails either would make the API server refuse every call, so
+//! it is not swapped in; at startup it is served and readiness names the problem.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -23,6 +28,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// When set, clients must present a certificate signed by this CA.
     pub client_ca: Option<PathBuf>,
+    /// When set, a certificate must be valid for this name (the webhook Service's DNS name).
+    pub dns_name: Option<String>,
+    /// When set, a certificate must chain to this CA (the caBundle the API server uses).
+    pub ca: Option<PathBuf>,
 }
 
 /// What readiness and metrics need to know about the certificate being served.
@@ -32,6 +41,9 @@ pub struct ServingCert {
     not_after: AtomicI64,
     reloads: AtomicU64,
     reload_errors: AtomicU64,
+    /// Set at startup when the served pair is not the webhook's identity (wrong name, other
+    /// CA); cleared by a reload that passes.
+    identity_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl ServingCert {
@@ -49,9 +61,18 @@ impl ServingCert {
     }
 
     /// Why the server should not be ready, if it should not: only a served certificate that
-    /// clients must refuse. A failed reload is not a reason, since the last good pair still
-    /// serves; it shows in the log and the reload error counter.
+    /// clients must refuse (expired, not yet valid, or, as loaded at startup, not valid for
+    /// `--tls-dns-name` or not from `--tls-ca`). A failed reload is not a reason, since the
+    /// last good pair still serves; it shows in the log and the reload error counter.
     pub fn problem(&self, now_unix: i64) -> Option<String> {
+        if let Some(problem) = self
+            .identity_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(problem);
+        }
         validity_problem(
             self.not_before.load(Ordering::Relaxed),
             self.not_after(),
@@ -63,6 +84,13 @@ impl ServingCert {
     fn set_validity(&self, loaded: &Loaded) {
         self.not_before.store(loaded.not_before, Ordering::Relaxed);
         self.not_after.store(loaded.not_after, Ordering::Relaxed);
+    }
+
+    fn set_identity_problem(&self, problem: Option<String>) {
+        *self
+            .identity_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
     }
 }
 
@@ -87,10 +115,81 @@ pub fn now_unix() -> i64 {
 
 struct Loaded {
     config: Arc<rustls::ServerConfig>,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+    files: FileBytes,
     not_before: i64,
     not_after: i64,
+    /// The pair loads but is not the webhook's identity (see [`check_identity`]).
+    identity: Result<(), CertError>,
+}
+
+/// The bytes of every file the served config was built from: a change to any of them (a
+/// rotated client CA too) is a reload.
+#[derive(Default, PartialEq)]
+struct FileBytes {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+    ca: Option<Vec<u8>>,
+}
+
+impl FileBytes {
+    fn read(files: &TlsFiles) -> Result<Self, CertError> {
+        Ok(Self {
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+            client_ca: files.client_ca.as_deref().map(read).transpose()?,
+            ca: files.ca.as_deref().map(read).transpose()?,
+        })
+    }
+}
+
+/// Whether the leaf is valid for `--tls-dns-name` and chains to `--tls-ca`, as the API
+/// server will check it (webpki, the same code rustls clients run).
+fn check_identity(
+    files: &TlsFiles,
+    bytes: &FileBytes,
+    chain: &[CertificateDer<'static>],
+) -> Result<(), CertError> {
+    let Some(leaf) = chain.first() else {
+        return Err(CertError::NoCertificate(files.cert.clone()));
+    };
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf)
+        .map_err(|_| CertError::BadCertificate(files.cert.clone()))?;
+    if let Some(name) = &files.dns_name {
+        let server_name = rustls::pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| CertError::BadDnsName(name.clone()))?;
+        rustls::client::verify_server_name(&parsed, &server_name).map_err(|cause| {
+            CertError::NameMissing {
+                cert: files.cert.clone(),
+                name: name.clone(),
+                cause,
+            }
+        })?;
+    }
+    if let (Some(ca), Some(ca_pem)) = (&files.ca, &bytes.ca) {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certificates(ca_pem, ca)? {
+            roots
+                .add(cert)
+                .map_err(|cause| CertError::ClientCa(ca.clone(), cause.to_string()))?;
+        }
+        let algorithms = rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &chain[1..],
+            rustls::pki_types::UnixTime::now(),
+            algorithms,
+        )
+        .map_err(|cause| CertError::NotFromCa {
+            cert: files.cert.clone(),
+            ca: ca.clone(),
+            cause,
+        })?;
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -129,9 +228,8 @@ fn pem_private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, Ce
 }
 
 fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
-    let cert_pem = read(&files.cert)?;
-    let key_pem = read(&files.key)?;
-    let chain = pem_certificates(&cert_pem, &files.cert)?;
+    let bytes = FileBytes::read(files)?;
+    let chain = pem_certificates(&bytes.cert, &files.cert)?;
     let leaf = chain
         .first()
         .ok_or_else(|| CertError::NoCertificate(files.cert.clone()))?;
@@ -144,7 +242,8 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
             )
         })
         .map_err(|_| CertError::BadCertificate(files.cert.clone()))?;
-    let private_key = pem_private_key(&key_pem, &files.key)?;
+    let identity = check_identity(files, &bytes, &chain);
+    let private_key = pem_private_key(&bytes.key, &files.key)?;
     let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
@@ -153,7 +252,8 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in pem_certificates(&read(ca)?, ca)? {
+            let pem = bytes.client_ca.as_deref().unwrap_or_default();
+            for cert in pem_certificates(pem, ca)? {
                 roots
                     .add(cert)
                     .map_err(|cause| CertError::ClientCa(ca.clone(), cause.to_string()))?;
@@ -184,10 +284,10 @@ fn load(files: &TlsFiles) -> Result<Loaded, CertError> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Loaded {
         config: Arc::new(config),
-        cert_pem,
-        key_pem,
+        files: bytes,
         not_before,
         not_after,
+        identity,
     })
 }
 
@@ -196,52 +296,61 @@ pub struct Reloader {
     files: TlsFiles,
     pub rustls: RustlsConfig,
     pub serving: Arc<ServingCert>,
-    current: (Vec<u8>, Vec<u8>),
+    current: FileBytes,
 }
 
 impl Reloader {
     pub fn new(files: TlsFiles) -> Result<Self, CertError> {
+        // A name that can never match is a configuration error, not a certificate problem.
+        if let Some(name) = &files.dns_name {
+            rustls::pki_types::ServerName::try_from(name.as_str())
+                .map_err(|_| CertError::BadDnsName(name.clone()))?;
+        }
         // At startup any parseable pair is served, even an expired one: readiness then says
         // what is wrong, which is easier to act on than a crash loop.
         let loaded = load(&files)?;
         let serving = Arc::new(ServingCert::default());
         serving.set_validity(&loaded);
+        if let Err(err) = &loaded.identity {
+            tracing::error!(error = %err, "the serving certificate is not the webhook's identity; not ready until it is replaced");
+            serving.set_identity_problem(Some(err.to_string()));
+        }
         Ok(Self {
             files,
             rustls: RustlsConfig::from_config(loaded.config),
             serving,
-            current: (loaded.cert_pem, loaded.key_pem),
+            current: loaded.files,
         })
     }
 
     /// Reloads when the files' bytes differ from what is served.
     fn check(&mut self) {
-        let (cert, key) = match (read(&self.files.cert), read(&self.files.key)) {
-            (Ok(cert), Ok(key)) => (cert, key),
-            (Err(err), _) | (_, Err(err)) => {
+        match FileBytes::read(&self.files) {
+            Ok(bytes) if bytes == self.current => return,
+            Ok(_) => {}
+            Err(err) => {
                 self.failed(&err);
                 return;
             }
-        };
-        if (&cert, &key) == (&self.current.0, &self.current.1) {
-            return;
         }
-        let loaded = load(&self.files).and_then(|loaded| {
+        let loaded = load(&self.files).and_then(|mut loaded| {
             // A replacement that clients would refuse is not swapped in for a working one.
-            match validity_problem(loaded.not_before, loaded.not_after, now_unix()) {
-                Some(problem) => Err(CertError::NotValidNow {
+            if let Some(problem) = validity_problem(loaded.not_before, loaded.not_after, now_unix())
+            {
+                return Err(CertError::NotValidNow {
                     cert: self.files.cert.clone(),
                     problem,
-                }),
-                None => Ok(loaded),
+                });
             }
+            std::mem::replace(&mut loaded.identity, Ok(())).map(|()| loaded)
         });
         match loaded {
             Ok(loaded) => {
                 self.serving.set_validity(&loaded);
                 self.rustls.reload_from_config(loaded.config);
+                self.serving.set_identity_problem(None);
                 self.serving.reloads.fetch_add(1, Ordering::Relaxed);
-                self.current = (loaded.cert_pem, loaded.key_pem);
+                self.current = loaded.files;
                 tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "reloaded the serving certificate");
             }
             // A half-written pair (certificate replaced, key not yet) lands here; the next
@@ -271,10 +380,13 @@ impl Reloader {
             }
         };
         if let Some(w) = watcher.as_mut() {
-            let mut dirs: Vec<PathBuf> = [&self.files.cert, &self.files.key]
-                .iter()
+            let mut dirs: Vec<PathBuf> = [Some(&self.files.cert), Some(&self.files.key)]
+                .into_iter()
+                .chain([self.files.client_ca.as_ref(), self.files.ca.as_ref()])
+                .flatten()
                 .filter_map(|p| p.parent().map(Path::to_path_buf))
                 .collect();
+            dirs.sort();
             dirs.dedup();
             for dir in dirs {
                 if let Err(err) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {

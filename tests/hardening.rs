@@ -108,21 +108,6 @@ async fn metrics(webhook: &Webhook) -> String {
         .unwrap()
 }
 
-async fn wait_async(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> bool,
-) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check().await {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
 #[tokio::test]
 async fn in_place_rotation_under_load_fails_no_request_and_is_picked_up_within_10s() {
     let dir = tempfile::tempdir().unwrap();

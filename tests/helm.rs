@@ -309,6 +309,44 @@ fn renders_the_same_objects_as_the_kustomize_base() {
         verify_serving_cert(&pem("ca.crt"), &pem("tls.crt"), name).unwrap();
     }
     assert!(verify_serving_cert(&pem("ca.crt"), &pem("tls.crt"), "other.example").is_err());
+    // The replica requires of a renewed certificate what the API server will check: the
+    // Service name it calls and, for the chart's own CA, that CA.
+    assert_eq!(
+        env_var(cd, "MAI_TLS_DNS_NAME").as_deref(),
+        Some("memgraph-address-injector.memgraph-address-injector.svc")
+    );
+    assert_eq!(
+        env_var(cd, "MAI_TLS_CA").as_deref(),
+        Some("/etc/webhook/certs/ca.crt")
+    );
+    let own_issuer = helm.template(RELEASE, NS, &["--set", "certificates.mode=certManager"]);
+    let corp_issuer = helm.template(
+        RELEASE,
+        NS,
+        &[
+            "--set",
+            "certificates.mode=certManager",
+            "--set",
+            "certificates.certManager.issuerRef.name=corp-ca",
+        ],
+    );
+    let by_url = helm.template(
+        RELEASE,
+        NS,
+        &[
+            "--set",
+            "webhook.url=https://10.0.0.1:8443/mutate",
+            "--set",
+            "webhook.caBundle=Zm9v",
+        ],
+    );
+    let tls_env = |docs: &[Value], name: &str| env_var(find(docs, "Deployment", None), name);
+    assert!(tls_env(&own_issuer, "MAI_TLS_CA").is_some());
+    // A corporate issuer may not put ca.crt into the Secret; a missing file would stop start.
+    assert_eq!(tls_env(&corp_issuer, "MAI_TLS_CA"), None);
+    assert!(tls_env(&corp_issuer, "MAI_TLS_DNS_NAME").is_some());
+    // Called by URL, the API server checks the URL's host, not the Service name.
+    assert_eq!(tls_env(&by_url, "MAI_TLS_DNS_NAME"), None);
     assert!(String::from_utf8(pem("tls.key"))
         .unwrap()
         .contains("PRIVATE KEY"));

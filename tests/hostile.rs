@@ -244,3 +244,257 @@ fn zero_limits_are_refused_at_start() {
         );
     }
 }
+
+const WEBHOOK_DNS_NAME: &str = "memgraph-address-injector.memgraph-address-injector.svc";
+
+fn new_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A serving pair from `ca` valid for `names` (DNS names and IPs); returns the leaf's DER.
+fn write_leaf(
+    dir: &std::path::Path,
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+) -> Vec<u8> {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    // Key first, then the certificate, each by rename: the same order and the same gap as
+    // an operator copying two files.
+    for (name, pem) in [("tls.key", key.serialize_pem()), ("tls.crt", cert.pem())] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+    cert.der().to_vec()
+}
+
+/// The leaf certificate the webhook serves now, by a handshake trusting `ca_pem`.
+async fn served_leaf(port: u16, ca_pem: &[u8]) -> Option<Vec<u8>> {
+    let tls = tls_stream(port, tls_config(ca_pem, &[b"http/1.1"]))
+        .await
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    Some(leaf)
+}
+
+fn occurrences(webhook: &Webhook, text: &str) -> usize {
+    webhook.log_text().matches(text).count()
+}
+
+/// Waits until the log holds one more `text` than `before`: the update was seen and refused.
+async fn wait_refused(webhook: &Webhook, text: &str, before: usize) {
+    wait_async(Duration::from_secs(10), text, async || {
+        occurrences(webhook, text) > before
+    })
+    .await;
+}
+
+async fn readyz(webhook: &Webhook) -> (u16, String) {
+    let r = reqwest::get(webhook.health_url("/readyz")).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A reload must be the webhook's identity: a pair from the right CA that does not name the
+/// Service, or one naming it from another CA, is refused and the served pair stays (the API
+/// server would refuse both); a proper pair (here by a wildcard) is swapped in.
+#[tokio::test]
+async fn a_reload_that_is_not_the_webhooks_identity_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = new_ca("webhook CA");
+    let other_ca = new_ca("some other CA");
+    let first = write_leaf(&certs, &ca, &[WEBHOOK_DNS_NAME, "127.0.0.1"]);
+    std::fs::write(certs.join("ca.crt"), ca.pem()).unwrap();
+    let ca_file = certs.join("ca.crt").to_string_lossy().into_owned();
+    let webhook = start_webhook(
+        dir.path(),
+        &[
+            "--cluster-state",
+            &state_flag(),
+            "--cert-poll-seconds",
+            "1",
+            "--tls-dns-name",
+            WEBHOOK_DNS_NAME,
+            "--tls-ca",
+            &ca_file,
+        ],
+        &[],
+    );
+    let ca_pem = ca.pem().into_bytes();
+    let other_pem = other_ca.pem().into_bytes();
+    assert_eq!(readyz(&webhook).await.0, 200);
+    assert_eq!(
+        served_leaf(webhook.port, &ca_pem).await,
+        Some(first.clone())
+    );
+
+    let not_named = "is not valid for";
+    let before = occurrences(&webhook, not_named);
+    write_leaf(&certs, &ca, &["other.memgraph.svc", "127.0.0.1"]);
+    wait_refused(&webhook, not_named, before).await;
+    assert_eq!(
+        served_leaf(webhook.port, &ca_pem).await,
+        Some(first.clone())
+    );
+
+    let not_from_ca = "does not chain to the CA";
+    let before = occurrences(&webhook, not_from_ca);
+    write_leaf(&certs, &other_ca, &[WEBHOOK_DNS_NAME, "127.0.0.1"]);
+    wait_refused(&webhook, not_from_ca, before).await;
+    assert_eq!(
+        served_leaf(webhook.port, &ca_pem).await,
+        Some(first.clone())
+    );
+    assert_eq!(served_leaf(webhook.port, &other_pem).await, None);
+    assert_eq!(
+        readyz(&webhook).await.0,
+        200,
+        "a refused reload is no readiness problem"
+    );
+
+    let wildcard = write_leaf(
+        &certs,
+        &ca,
+        &["*.memgraph-address-injector.svc", "127.0.0.1"],
+    );
+    wait_async(Duration::from_secs(10), "the proper pair", async || {
+        served_leaf(webhook.port, &ca_pem).await.as_ref() == Some(&wildcard)
+    })
+    .await;
+    assert_eq!(readyz(&webhook).await.0, 200);
+}
+
+/// Started with a pair that does not name the Service, the replica serves it but is not
+/// ready, and /readyz says why; the right pair makes it ready. A value of --tls-dns-name
+/// that can never match is refused at start.
+#[tokio::test]
+async fn started_with_the_wrong_name_the_replica_is_not_ready_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = new_ca("webhook CA");
+    write_leaf(&certs, &ca, &["other.memgraph.svc", "127.0.0.1"]);
+    std::fs::write(certs.join("ca.crt"), ca.pem()).unwrap();
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--cluster-state", &state_flag()])
+        .args(["--tls-dns-name", "not a name!"])
+        .arg("--tls-cert")
+        .arg(certs.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.join("tls.key"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--tls-dns-name \"not a name!\" is not a DNS name"),
+        "{stderr}"
+    );
+
+    let webhook = start_webhook(
+        dir.path(),
+        &[
+            "--cluster-state",
+            &state_flag(),
+            "--cert-poll-seconds",
+            "1",
+            "--tls-dns-name",
+            WEBHOOK_DNS_NAME,
+        ],
+        &[],
+    );
+    let (status, body) = readyz(&webhook).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains(&format!("is not valid for {WEBHOOK_DNS_NAME}")),
+        "{body}"
+    );
+
+    let good = write_leaf(&certs, &ca, &[WEBHOOK_DNS_NAME, "127.0.0.1"]);
+    let ca_pem = ca.pem().into_bytes();
+    wait_async(
+        Duration::from_secs(10),
+        "readiness after the fix",
+        async || readyz(&webhook).await.0 == 200,
+    )
+    .await;
+    assert_eq!(served_leaf(webhook.port, &ca_pem).await, Some(good));
+}
+
+fn client_identity(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> reqwest::Identity {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["kube-apiserver".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, ca).unwrap();
+    reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
+        .unwrap()
+}
+
+/// A rotated --client-ca file is picked up without a restart: the old CA's clients are then
+/// refused, the new one's served.
+#[tokio::test]
+async fn a_rotated_client_ca_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_ca_dir = dir.path().join("client-ca");
+    std::fs::create_dir_all(&client_ca_dir).unwrap();
+    let client_ca_file = client_ca_dir.join("ca.crt");
+    let old_ca = new_ca("old API server client CA");
+    let new_ca = new_ca("new API server client CA");
+    std::fs::write(&client_ca_file, old_ca.pem()).unwrap();
+    let webhook = start_webhook(
+        dir.path(),
+        &[
+            "--cluster-state",
+            &state_flag(),
+            "--cert-poll-seconds",
+            "1",
+            "--client-ca",
+            &client_ca_file.to_string_lossy(),
+        ],
+        &[],
+    );
+    let body = review_body();
+    let url = webhook.url("/mutate");
+    let server_ca = webhook.ca_pem();
+    let answered = async |identity: reqwest::Identity| {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&server_ca).unwrap())
+            .identity(identity)
+            .build()
+            .unwrap();
+        let sent = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        sent.is_ok_and(|r| r.status() == 200)
+    };
+    assert!(answered(client_identity(&old_ca)).await);
+    assert!(!answered(client_identity(&new_ca)).await);
+
+    std::fs::write(&client_ca_file, new_ca.pem()).unwrap();
+    wait_async(Duration::from_secs(10), "the new client CA", async || {
+        answered(client_identity(&new_ca)).await
+    })
+    .await;
+    assert!(!answered(client_identity(&old_ca)).await);
+    assert_eq!(
+        webhook
+            .metric(r#"memgraph_address_injector_certificate_reloads_total{result="ok"}"#)
+            .await,
+        Some(1.0)
+    );
+}

@@ -399,6 +399,9 @@ fn the_docker_context_holds_what_the_dockerfile_copies() {
             allowed.contains(&top),
             "the Dockerfile copies {source}, which .dockerignore keeps out of the context"
         );
-        assert!(repo().join(top).exists(), "{source} is not in the repository");
+        assert!(
+            repo().join(top).exists(),
+            "{source} is not in the repository"
+        );
     }
 }

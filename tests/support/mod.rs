@@ -191,6 +191,22 @@ pub fn start_webhook(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhoo
     webhook
 }
 
+/// Polls an async check every 100 ms; returns how long it took.
+pub async fn wait_async(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
