@@ -15,6 +15,7 @@ pub use crate::decision::state::{
     parse_documents, state_from_text, visit_objects, RawObject, StateError,
 };
 use crate::decision::view::{ClusterState, NodeView, ServiceView};
+use crate::single_flight::SingleFlight;
 
 pub fn load_state_file(path: &str) -> Result<ClusterState, StateError> {
     let text = std::fs::read_to_string(path).map_err(|cause| StateError::Read {
@@ -35,6 +36,8 @@ pub struct SharedCluster {
     /// stale cache beat refusing every Memgraph pod), so this is how staleness shows.
     watch_errors: Arc<std::sync::atomic::AtomicU64>,
     client: Option<Client>,
+    /// One live Service list per namespace at a time.
+    live_lists: SingleFlight<Option<Arc<Vec<ServiceView>>>>,
 }
 
 impl SharedCluster {
@@ -76,25 +79,20 @@ impl SharedCluster {
     /// and answered after it must not bring the Service back for everyone.
     pub async fn live_view(&self, namespace: &str, budget: Duration) -> Option<ClusterState> {
         let client = self.client.as_ref()?;
+        // Requests that miss while a list of the namespace runs wait for that list, each
+        // within its own budget.
         let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-        match tokio::time::timeout(budget, api.list(&ListParams::default())).await {
-            Ok(Ok(list)) => {
-                let views = list
-                    .items
-                    .iter()
-                    .filter_map(ServiceView::from_service)
-                    .collect();
-                Some(self.read().with_live_namespace(namespace, views))
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(%namespace, error = %err, "live list of Services failed");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(%namespace, "live list of Services timed out");
-                None
-            }
-        }
+        let owned_namespace = namespace.to_string();
+        let flight = self.live_lists.run(namespace, move || async move {
+            list_services(api, &owned_namespace, budget)
+                .await
+                .map(Arc::new)
+        });
+        let views = tokio::time::timeout(budget, flight).await.ok().flatten()?;
+        Some(
+            self.read()
+                .with_live_namespace(namespace, views.as_ref().clone()),
+        )
     }
 
     /// Starts watches of Services and Nodes in all namespaces: one per kind for the whole
@@ -112,6 +110,29 @@ impl SharedCluster {
         ));
         tokio::spawn(watch(Api::<Node>::all(client), shared.clone(), taps.nodes));
         shared
+    }
+}
+
+async fn list_services(
+    api: Api<Service>,
+    namespace: &str,
+    budget: Duration,
+) -> Option<Vec<ServiceView>> {
+    match tokio::time::timeout(budget, api.list(&ListParams::default())).await {
+        Ok(Ok(list)) => Some(
+            list.items
+                .iter()
+                .filter_map(ServiceView::from_service)
+                .collect(),
+        ),
+        Ok(Err(err)) => {
+            tracing::warn!(%namespace, error = %err, "live list of Services failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%namespace, "live list of Services timed out");
+            None
+        }
     }
 }
 

@@ -28,4 +28,5 @@ pub mod reconcile;
 pub mod report;
 pub mod routing;
 pub mod server;
+pub mod single_flight;
 pub mod tls;

@@ -3,6 +3,11 @@
 //! the pod's name (or generateName and owner), and warnings and denials become Events on the
 //! owning StatefulSet, where `kubectl describe statefulset` shows them. Dry-run requests get
 //! no Events (the webhook's `sideEffects: NoneOnDryRun` promises that).
+//!
+//! Anyone who can reach /mutate (without a client CA, any pod that can reach the Service)
+//! chooses the namespace and owner a review names, so an admission Event is written only
+//! about a StatefulSet the API server has with the UID the pod's ownerReference gives; a pod
+//! without such an owner is logged only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +35,9 @@ const REPEAT_WINDOW: Duration = Duration::from_secs(300);
 const QUEUE: usize = 256;
 /// The API server limits an Event message to 1 KiB.
 const MAX_MESSAGE: usize = 1024;
+/// Notices remembered for the repeat window at most; past it the oldest is forgotten (so
+/// a flood of distinct notices costs bounded memory and at worst repeats an old Event).
+const REMEMBERED: usize = 4 * QUEUE;
 
 /// One Event to create.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +48,9 @@ pub struct Notice {
     pub message: String,
     /// `Warning`, or `Normal` for a change that went as planned.
     pub type_: &'static str,
+    /// The object was named by an admission review, not seen in a watch: written only when
+    /// the API server has a StatefulSet of that name and UID.
+    pub claimed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -59,23 +70,19 @@ pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
     if dry_run {
         return Vec::new();
     }
-    let object = match &pod.owner {
-        Some(owner) => ObjectRef {
-            api_version: owner.api_version.clone(),
-            kind: owner.kind.clone(),
-            name: owner.name.clone(),
-            uid: Some(owner.uid.clone()).filter(|u| !u.is_empty()),
-        },
-        None => ObjectRef {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name: pod
-                .name
-                .clone()
-                .or_else(|| pod.generate_name.clone())
-                .unwrap_or_default(),
-            uid: None,
-        },
+    // Only the StatefulSet controller's pods: their owner can be verified by UID.
+    let Some(owner) = pod
+        .owner
+        .as_ref()
+        .filter(|o| o.kind == "StatefulSet" && o.api_version == "apps/v1" && !o.uid.is_empty())
+    else {
+        return Vec::new();
+    };
+    let object = ObjectRef {
+        api_version: owner.api_version.clone(),
+        kind: owner.kind.clone(),
+        name: owner.name.clone(),
+        uid: Some(owner.uid.clone()),
     };
     if object.name.is_empty() {
         return Vec::new();
@@ -93,6 +100,7 @@ pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
             reason,
             message: cut(format!("pod {subject}: {denial}")),
             type_: "Warning",
+            claimed: true,
         });
     }
     for warning in &decision.warnings {
@@ -102,6 +110,7 @@ pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
             reason: REASON_WARNING,
             message: cut(format!("pod {subject}: {}", warning.detail)),
             type_: "Warning",
+            claimed: true,
         });
     }
     out
@@ -140,12 +149,16 @@ impl Reporter {
         Self::default()
     }
 
-    /// Logs, and creates Events through `client` (RBAC: `events: create`).
+    /// Logs, and creates Events through `client` (RBAC: `events: create`, and
+    /// `statefulsets: get` to verify an admission's owner).
     pub fn with_events(client: kube::Client, instance: &str) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(QUEUE);
         let instance = instance.to_string();
         tokio::spawn(async move {
             while let Some(notice) = rx.recv().await {
+                if notice.claimed && !owner_exists(&client, &notice).await {
+                    continue;
+                }
                 let api: Api<Event> = Api::namespaced(client.clone(), &notice.namespace);
                 let event = to_event(&notice, &instance);
                 let sent = tokio::time::timeout(
@@ -236,17 +249,50 @@ impl Reporter {
     /// True when this notice was not sent within the repeat window.
     fn first_in_window(&self, notice: &Notice, now: Instant) -> bool {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() > 4 * QUEUE {
-            recent.retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
-        }
-        match recent.get(notice) {
-            Some(at) if now.duration_since(*at) < REPEAT_WINDOW => false,
-            _ => {
-                recent.insert(notice.clone(), now);
-                true
+        if let Some(at) = recent.get(notice) {
+            if now.duration_since(*at) < REPEAT_WINDOW {
+                return false;
             }
         }
+        if recent.len() >= REMEMBERED {
+            recent.retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
+        }
+        while recent.len() >= REMEMBERED {
+            let oldest = recent
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, _)| n.clone());
+            match oldest {
+                Some(oldest) => recent.remove(&oldest),
+                None => break,
+            };
+        }
+        recent.insert(notice.clone(), now);
+        true
     }
+}
+
+/// Whether the StatefulSet an admission notice names exists with the UID it claims. A GET
+/// that fails is a no: an Event is not worth writing about an object nobody can confirm.
+async fn owner_exists(client: &kube::Client, notice: &Notice) -> bool {
+    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), &notice.namespace);
+    let found =
+        tokio::time::timeout(Duration::from_secs(5), api.get_opt(&notice.object.name)).await;
+    let uid = match found {
+        Ok(Ok(Some(sts))) => sts.metadata.uid,
+        Ok(Ok(None)) => None,
+        Ok(Err(err)) => {
+            tracing::warn!(namespace = %notice.namespace, statefulset = %notice.object.name, error = %err, "cannot verify the owner of an admission Event; not recording it");
+            return false;
+        }
+        Err(_) => return false,
+    };
+    let verified = uid.is_some() && uid == notice.object.uid;
+    if !verified {
+        tracing::warn!(namespace = %notice.namespace, statefulset = %notice.object.name, "an admission review named a StatefulSet the API server does not have (with that UID); no Event recorded");
+    }
+    verified
 }
 
 fn to_event(notice: &Notice, instance: &str) -> Event {
@@ -337,6 +383,49 @@ mod tests {
         let n = notices(&d, false);
         assert!(n[0].message.len() <= MAX_MESSAGE);
         assert_eq!(n[0].reason, REASON_DENIED);
+    }
+
+    #[test]
+    fn only_a_statefulset_owner_gets_events() {
+        use crate::decision::Outcome;
+        let mut d = decision(Outcome::Pending);
+        d.denial = Some("pending".into());
+        assert!(notices(&d, false).iter().all(|n| n.claimed));
+        let owner = d.pod.as_mut().unwrap().owner.as_mut().unwrap();
+        owner.uid.clear();
+        assert!(notices(&d, false).is_empty(), "an owner without a UID");
+        let owner = d.pod.as_mut().unwrap().owner.as_mut().unwrap();
+        owner.uid = "1234".into();
+        owner.kind = "ReplicaSet".into();
+        assert!(notices(&d, false).is_empty(), "not a StatefulSet");
+        d.pod.as_mut().unwrap().owner = None;
+        assert!(notices(&d, false).is_empty(), "a bare pod");
+    }
+
+    #[test]
+    fn the_repeat_memory_is_bounded_and_keeps_the_newest() {
+        let reporter = Reporter::log_only();
+        let mut d = decision(crate::decision::Outcome::Pending);
+        d.denial = Some("pending".into());
+        let base = notices(&d, false).remove(0);
+        let now = Instant::now();
+        let nth = |i: usize| Notice {
+            message: format!("{} {i}", base.message),
+            ..base.clone()
+        };
+        for i in 0..3 * REMEMBERED {
+            assert!(reporter.first_in_window(&nth(i), now + Duration::from_millis(i as u64)));
+        }
+        assert!(reporter.recent.lock().unwrap().len() <= REMEMBERED);
+        let last = now + Duration::from_millis(3 * REMEMBERED as u64);
+        assert!(
+            !reporter.first_in_window(&nth(3 * REMEMBERED - 1), last),
+            "the newest is remembered"
+        );
+        assert!(
+            reporter.first_in_window(&nth(0), last),
+            "the oldest was forgotten"
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ async fn against_a_real_control_plane() {
     eprintln!("routing check/sync --in-cluster against the API server passed");
     pending_loadbalancer(&client).await;
     eprintln!("scenario 2 (pending LoadBalancer) passed");
+    forged_reviews_write_no_events(&client, &webhook).await;
+    eprintln!("reviews posted to /mutate directly write Events only about real owners");
     memgraph_222(&client).await;
     eprintln!("scenario 3 (Memgraph 2.22 coordinators) passed");
     bad_host_annotation(&client).await;
@@ -138,6 +140,98 @@ async fn against_a_real_control_plane() {
         "scenario 6 (webhook down) passed; e2e took {:.1?}",
         started.elapsed()
     );
+}
+
+/// /mutate without a client certificate answers anyone who reaches it: a review naming a
+/// StatefulSet the API server does not have, or a real one with a wrong UID, gets its answer
+/// but writes no Event; the same review naming the real owner does (sent last: Events go
+/// out in order, so when it shows, the forged ones were handled).
+async fn forged_reviews_write_no_events(client: &Client, webhook: &Webhook) {
+    let ns = "e2e-lb";
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services
+        .create(
+            &PostParams::default(),
+            &external_service("forged", "LoadBalancer", &[7687]),
+        )
+        .await
+        .unwrap();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let real_uid = sets
+        .get("memgraph-data-0")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let https = https_client(&webhook.ca_pem());
+    let post = async |pod_name: &str, owner: &str, uid: &str| {
+        let mut pod = memgraph_pod(pod_name, json!({}));
+        pod["metadata"]["labels"]["app"] = json!("forged");
+        pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "name": owner, "uid": uid, "controller": true}]);
+        let answer: Value = https
+            .post(webhook.url("/mutate"))
+            .header("content-type", "application/json")
+            .json(&review_of(&pod, ns, pod_name))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["response"]["allowed"], false, "{pod_name}: {answer}");
+    };
+    post(
+        "forged-missing-0",
+        "no-such-statefulset",
+        "0d3c1a2b-0000-4000-8000-000000000001",
+    )
+    .await;
+    post(
+        "forged-wrong-uid-0",
+        "memgraph-data-0",
+        "0d3c1a2b-0000-4000-8000-000000000002",
+    )
+    .await;
+    post("forged-control-0", "memgraph-data-0", &real_uid).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        Duration::from_secs(30),
+        "the control review's Event",
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.message
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("forged-control-0")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let list = events.list(&ListParams::default()).await.unwrap();
+    for e in &list.items {
+        let message = e.message.as_deref().unwrap_or_default();
+        assert!(
+            !message.contains("forged-missing-0") && !message.contains("forged-wrong-uid-0"),
+            "an Event about a forged owner: {message}"
+        );
+        assert_ne!(
+            e.involved_object.name.as_deref(),
+            Some("no-such-statefulset")
+        );
+    }
+    assert!(webhook
+        .log_text()
+        .contains("an admission review named a StatefulSet the API server does not have"));
+    services
+        .delete("forged-external", &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 /// Scenarios 1 and 4: the chart with NodePort external Services; coordinators on 3.x get the
@@ -523,19 +617,21 @@ async fn manifests_accepted(client: &Client) {
     }
 }
 
-/// Least privilege: the webhook's ServiceAccount may get/list/watch Services and Nodes and
-/// nothing else; its pod passes the `restricted` Pod Security Standard that its namespace
+/// Least privilege: the webhook's ServiceAccount may get/list/watch Services and Nodes,
+/// create Events and get StatefulSets, and nothing else; its pod passes the `restricted` Pod Security Standard that its namespace
 /// enforces (and that enforcement is live: a privileged pod is refused there).
 async fn least_privilege(client: &Client) {
     use k8s_openapi::api::authorization::v1::SubjectAccessReview;
     let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
     let user = "system:serviceaccount:memgraph-address-injector:memgraph-address-injector";
+    // `resource` is "GROUP/RESOURCE" outside the core group.
     let can = async |verb: &str, resource: &str, namespace: Option<&str>| {
+        let (group, resource) = resource.split_once('/').unwrap_or(("", resource));
         let review: SubjectAccessReview = from(json!({
             "spec": {
                 "user": user,
                 "groups": ["system:serviceaccounts", "system:serviceaccounts:memgraph-address-injector", "system:authenticated"],
-                "resourceAttributes": {"verb": verb, "resource": resource, "group": "", "namespace": namespace}
+                "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
             }
         }));
         let answer = reviews
@@ -566,6 +662,17 @@ async fn least_privilege(client: &Client) {
         assert!(
             !can(verb, "events", Some("e2e-nodeport")).await,
             "{verb} events must be denied"
+        );
+    }
+    // A get of the StatefulSet an admission Event names confirms its UID; nothing more.
+    assert!(
+        can("get", "apps/statefulsets", Some("e2e-nodeport")).await,
+        "get statefulsets must be allowed"
+    );
+    for verb in ["list", "watch", "update", "patch", "delete"] {
+        assert!(
+            !can(verb, "apps/statefulsets", Some("e2e-nodeport")).await,
+            "{verb} statefulsets must be denied"
         );
     }
     for (verb, resource) in [

@@ -115,6 +115,15 @@ fn renderings() -> Vec<(&'static str, Vec<&'static str>)> {
                 "serviceMonitor.labels.release=prometheus",
             ],
         ),
+        (
+            "NetworkPolicy on",
+            vec![
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set-json",
+                r#"networkPolicy.apiServer=[{"ipBlock":{"cidr":"10.0.0.10/32"}}]"#,
+            ],
+        ),
     ]
 }
 
@@ -208,7 +217,8 @@ fn renders_the_same_objects_as_the_kustomize_base() {
         role(&chart),
         json!([
             {"apiGroups": [""], "resources": ["services", "nodes"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+            {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get"]}
         ])
     );
     for field in ["roleRef", "subjects"] {
@@ -562,6 +572,44 @@ fn value_combinations_render_what_they_say() {
         assert_eq!(&metrics["metadata"]["labels"][key], value, "{key}");
     }
     assert_eq!(count(&defaults, "ServiceMonitor"), 0);
+
+    // NetworkPolicy: off by default; on, 8443 from the API server peers only and 8080 from
+    // the monitoring namespace, on the webhook's own pods; on without peers is refused.
+    assert_eq!(count(&defaults, "NetworkPolicy"), 0);
+    let policed = render(7);
+    let policy = find(&policed, "NetworkPolicy", None);
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        find(&policed, "Deployment", None)["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([
+            {"ports": [{"port": 8443, "protocol": "TCP"}], "from": [{"ipBlock": {"cidr": "10.0.0.10/32"}}]},
+            {"ports": [{"port": 8080, "protocol": "TCP"}], "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}
+        ])
+    );
+    let refused = helm.fails(&[
+        "template",
+        "mai",
+        &chart_dir().display().to_string(),
+        "--set",
+        "networkPolicy.enabled=true",
+    ]);
+    assert!(refused.contains("set networkPolicy.apiServer"), "{refused}");
+    // The kustomize policy selects the base's pods with the same two rules.
+    let kustomize_policy = documents_of_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/network-policy/networkpolicy.yaml"),
+    );
+    assert_eq!(
+        kustomize_policy[0]["spec"]["ingress"][1],
+        policy["spec"]["ingress"][1]
+    );
+    assert_eq!(
+        kustomize_policy[0]["spec"]["ingress"][0]["ports"],
+        policy["spec"]["ingress"][0]["ports"]
+    );
 
     // NOTES.txt: how to check a pod and the routing table.
     let chart = chart_dir().display().to_string();

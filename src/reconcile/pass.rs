@@ -149,6 +149,7 @@ impl Pass<'_> {
             reason,
             message: cut(message),
             type_,
+            claimed: false,
         });
     }
 
