@@ -156,6 +156,11 @@ pub struct ServeArgs {
     /// Admission requests decided at once; more get a 503 at once instead of waiting.
     #[arg(long, env = "MAI_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Bytes of request bodies buffered at once, all requests together; a body that would
+    /// pass it gets a 503 as it arrives. Keeps memory under the pod's limit (the chart: 128 Mi)
+    /// whatever the request sizes; at least one full body (7 MiB).
+    #[arg(long, env = "MAI_MAX_BUFFERED_BODY_BYTES", default_value_t = crate::server::DEFAULT_BODY_BUDGET)]
+    pub max_buffered_body_bytes: usize,
     /// Require client certificates signed by this CA (API servers configured with an
     /// AdmissionConfiguration that presents one).
     #[arg(long, env = "MAI_CLIENT_CA")]
@@ -257,6 +262,13 @@ fn check_limits(args: &ServeArgs) -> anyhow::Result<()> {
             bail!("{flag} must be at least 1 (0 would refuse every admission request)");
         }
     }
+    if args.max_buffered_body_bytes < crate::server::BODY_LIMIT {
+        bail!(
+            "--max-buffered-body-bytes must be at least {} (one full request body); {} would refuse large admission requests",
+            crate::server::BODY_LIMIT,
+            args.max_buffered_body_bytes
+        );
+    }
     Ok(())
 }
 
@@ -309,7 +321,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config,
         Duration::from_millis(args.request_budget_ms),
         args.max_in_flight,
-    );
+    )
+    .with_body_budget(args.max_buffered_body_bytes);
     app.reporter = reporter;
     let mut reconciler = None;
     if let (Some(prepared), Some(client)) = (prepared, reconcile_client) {

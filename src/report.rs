@@ -62,7 +62,7 @@ pub struct ObjectRef {
 }
 
 /// The Events a decision calls for: one per warning and one for a denial, about the pod's
-/// owner (the StatefulSet), or the pod itself when it has none. Pure, for tests.
+/// owner StatefulSet; none for a pod without one (logged only). Pure, for tests.
 pub fn notices(decision: &Decision, dry_run: bool) -> Vec<Notice> {
     let Some(pod) = &decision.pod else {
         return Vec::new();
@@ -286,9 +286,13 @@ async fn owner_exists(client: &kube::Client, notice: &Notice) -> bool {
             tracing::warn!(namespace = %notice.namespace, statefulset = %notice.object.name, error = %err, "cannot verify the owner of an admission Event; not recording it");
             return false;
         }
-        Err(_) => return false,
+        Err(_) => {
+            tracing::warn!(namespace = %notice.namespace, statefulset = %notice.object.name, "verifying the owner of an admission Event timed out; not recording it");
+            return false;
+        }
     };
     let verified = uid.is_some() && uid == notice.object.uid;
+    tracing::info!(namespace = %notice.namespace, statefulset = %notice.object.name, verified, "checked the owner of an admission Event");
     if !verified {
         tracing::warn!(namespace = %notice.namespace, statefulset = %notice.object.name, "an admission review named a StatefulSet the API server does not have (with that UID); no Event recorded");
     }
@@ -383,6 +387,29 @@ mod tests {
         let n = notices(&d, false);
         assert!(n[0].message.len() <= MAX_MESSAGE);
         assert_eq!(n[0].reason, REASON_DENIED);
+    }
+
+    /// As the StatefulSet controller sends it: the owner's apiVersion is read (it once was
+    /// not, and every admission Event was dropped).
+    #[test]
+    fn a_real_review_names_its_statefulset() {
+        let review = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/reviews/data.json"
+        ))
+        .unwrap();
+        let request = crate::decision::review::parse(&review).unwrap();
+        let mut d = crate::decision::decide(
+            &request,
+            &Default::default(),
+            &crate::decision::Config::default(),
+        );
+        d.denial = Some("pending".into());
+        let n = notices(&d, false);
+        assert_eq!(n.len(), 1, "{d:?}");
+        assert_eq!(n[0].object.api_version, "apps/v1");
+        assert_eq!(n[0].object.kind, "StatefulSet");
+        assert!(n[0].object.uid.as_deref().is_some_and(|u| !u.is_empty()));
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +21,9 @@ use crate::metrics::{Metrics, Rejection};
 /// The API server's limit on a request body is 3 MiB, on an object ~1.5 MiB; anything past
 /// 7 MiB is not an AdmissionReview.
 pub const BODY_LIMIT: usize = 7 * 1024 * 1024;
+/// Request bodies buffered at once, all requests together, unless `--max-buffered-body-bytes`
+/// says otherwise: with the chart's 128 Mi limit, 256 in-flight 7 MiB bodies would not fit.
+pub const DEFAULT_BODY_BUDGET: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -74,6 +76,10 @@ pub struct AppState {
     /// Admission requests decided at once; past it, a clear 503 instead of a queue.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub max_in_flight: usize,
+    /// Bytes of request bodies buffered at once, in KiB permits; a body that would pass it
+    /// gets a 503 as it arrives, so memory stays bounded whatever the request sizes.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+    pub body_budget_bytes: usize,
     /// Set once `serve` has loaded the certificate.
     pub serving: Option<Arc<crate::tls::ServingCert>>,
     /// Set on SIGTERM: /readyz fails so that the Service stops routing here, while the
@@ -84,6 +90,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Sets the bytes of request bodies buffered at once (`--max-buffered-body-bytes`).
+    pub fn with_body_budget(mut self, bytes: usize) -> Self {
+        let kib = bytes
+            .div_ceil(1024)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        self.body_budget = Arc::new(tokio::sync::Semaphore::new(kib));
+        self.body_budget_bytes = bytes;
+        self
+    }
+
     pub fn new(
         cluster: SharedCluster,
         config: Config,
@@ -97,6 +113,8 @@ impl AppState {
             request_budget,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             max_in_flight,
+            body_budget: Arc::new(tokio::sync::Semaphore::new(DEFAULT_BODY_BUDGET / 1024)),
+            body_budget_bytes: DEFAULT_BODY_BUDGET,
             serving: None,
             draining: Arc::default(),
             reporter: crate::report::Reporter::log_only(),
@@ -152,13 +170,8 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
     }
     // The header timeout does not cover the body: a client trickling it would hold an
     // in-flight slot for ever, so the body shares the request's budget.
-    // The router's DefaultBodyLimit (BODY_LIMIT) applies; the rejection says by type
-    // whether the limit was hit.
-    let read = tokio::time::timeout(
-        app.request_budget,
-        <Bytes as axum::extract::FromRequest<()>>::from_request(request, &()),
-    );
-    let body = match read.await {
+    let read = tokio::time::timeout(app.request_budget, read_body(&app, request.into_body()));
+    let (body, _bytes_held) = match read.await {
         Err(_) => {
             app.metrics.record_bad_request(Rejection::BodyTimeout);
             return plain(
@@ -169,23 +182,80 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
                 ),
             );
         }
-        Ok(Ok(body)) => body,
-        Ok(Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)))) => {
+        Ok(Ok(read)) => read,
+        Ok(Err(BodyError::TooLarge)) => {
             app.metrics.record_bad_request(Rejection::TooLarge);
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body exceeds {BODY_LIMIT} bytes (7 MiB); an AdmissionReview is far smaller"),
             );
         }
-        Ok(Err(err)) => {
+        Ok(Err(BodyError::OverBudget)) => {
+            app.metrics.record_bad_request(Rejection::Overloaded);
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "over capacity: request bodies being read hold {} bytes (--max-buffered-body-bytes); retry",
+                    app.body_budget_bytes
+                ),
+            );
+        }
+        Ok(Err(BodyError::Read(err))) => {
             app.metrics.record_bad_request(Rejection::Body);
             return plain(
                 StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {}", err.body_text()),
+                format!("cannot read the request body: {err}"),
             );
         }
     };
     review_body(&app, body, started).await
+}
+
+enum BodyError {
+    TooLarge,
+    OverBudget,
+    Read(axum::Error),
+}
+
+/// The body, buffered chunk by chunk under [`BODY_LIMIT`], each chunk paid for from the
+/// shared byte budget first; the permit returned holds those bytes until it is dropped.
+async fn read_body(
+    app: &AppState,
+    body: Body,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    use futures::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut held_kib = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        let len = buffer.len() + chunk.len();
+        if len > BODY_LIMIT {
+            return Err(BodyError::TooLarge);
+        }
+        // Capacity, not length, is what the allocator hands out.
+        let need_kib = len.max(buffer.capacity()).div_ceil(1024);
+        if need_kib > held_kib {
+            let more = u32::try_from(need_kib - held_kib).unwrap_or(u32::MAX);
+            let Ok(permit) = app.body_budget.clone().try_acquire_many_owned(more) else {
+                // Read the rest without keeping it: an HTTP/1.1 client still sending would
+                // otherwise never read the 503 (both sides blocked on full buffers).
+                drop(buffer);
+                drop(held);
+                while let Some(Ok(_)) = chunks.next().await {}
+                return Err(BodyError::OverBudget);
+            };
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            held_kib = need_kib;
+        }
+        buffer.reserve_exact(chunk.len());
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(buffer), held))
 }
 
 async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response {

@@ -532,24 +532,6 @@ async fn client_ca_requires_a_client_certificate() {
     assert!(ok_review(&authenticated, &url, &body).await);
 }
 
-/// A body that sends `first` and then waits for `release` before sending `rest`.
-fn stalled_body(first: Vec<u8>, rest: Vec<u8>, release: Arc<tokio::sync::Notify>) -> reqwest::Body {
-    let stream = futures::stream::unfold(0u8, move |step| {
-        let (first, rest, release) = (first.clone(), rest.clone(), release.clone());
-        async move {
-            match step {
-                0 => Some((Ok::<_, std::io::Error>(first), 1)),
-                1 => {
-                    release.notified().await;
-                    Some((Ok(rest), 2))
-                }
-                _ => None,
-            }
-        }
-    });
-    reqwest::Body::wrap_stream(stream)
-}
-
 #[tokio::test]
 async fn past_the_in_flight_cap_requests_get_a_clear_503() {
     let dir = tempfile::tempdir().unwrap();

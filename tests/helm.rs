@@ -183,7 +183,20 @@ fn helm_lint_passes_for_each_certificate_mode() {
 #[test]
 fn renders_the_same_objects_as_the_kustomize_base() {
     let helm = Helm::new(None);
-    let chart = helm.template(RELEASE, NS, &[]);
+    // The chart defaults to the published image; the base to a locally imported one.
+    let published = helm.template(RELEASE, NS, &[]);
+    assert_eq!(
+        find(&published, "Deployment", None)["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!(
+            "ghcr.io/memgraph-address-injector/memgraph-address-injector:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let chart = helm.template(
+        RELEASE,
+        NS,
+        &["--set", "image.repository=memgraph-address-injector"],
+    );
     let base_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base");
     let kustomization = documents_of_file(&base_dir.join("kustomization.yaml"));
     let base: Vec<Value> = kustomization[0]["resources"]

@@ -498,3 +498,91 @@ async fn a_rotated_client_ca_is_picked_up() {
         Some(1.0)
     );
 }
+
+/// Request bodies share one byte budget: while a slow client holds most of it, a big body
+/// gets a clear 503 as it arrives, a normal review is still answered, and once the slow body
+/// is done the budget is free again. (BODY_LIMIT × --max-in-flight would be 1.75 GiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_a_byte_budget() {
+    const BUDGET: usize = 7 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = BUDGET.to_string();
+    let webhook = start_webhook(
+        dir.path(),
+        &[
+            "--cluster-state",
+            &state_flag(),
+            "--max-buffered-body-bytes",
+            &budget,
+            // The slow body must not run out of time while the test looks.
+            "--request-budget-ms",
+            "30000",
+        ],
+        &[],
+    );
+    let client = https_client(&webhook.ca_pem());
+    let url = webhook.url("/mutate");
+    // A client that declares 7,000,000 bytes, sends 6 MiB and then nothing: it holds most
+    // of the budget.
+    let mut slow = tls_stream(webhook.port, tls_config(&webhook.ca_pem(), &[b"http/1.1"]))
+        .await
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        slow.write_all(b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: 7000000\r\n\r\n")
+            .await
+            .unwrap();
+        slow.write_all(&vec![b' '; 6 * 1024 * 1024]).await.unwrap();
+        slow.flush().await.unwrap();
+    }
+    let post = async |body: Vec<u8>| {
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let big = || {
+        let mut body = vec![b' '; 2 * 1024 * 1024];
+        body.extend_from_slice(&review_body());
+        body
+    };
+    let refused = wait_async(
+        Duration::from_secs(10),
+        "the budget to be held",
+        async || post(big()).await.0 == 503,
+    )
+    .await;
+    let (status, text) = post(big()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("--max-buffered-body-bytes"), "{text}");
+    assert_eq!(
+        post(review_body()).await.0,
+        200,
+        "a normal review within what is left"
+    );
+
+    // The slow client goes away; its bytes go back to the budget.
+    drop(slow);
+    wait_async(
+        Duration::from_secs(10),
+        "the budget to be free again",
+        async || post(big()).await.0 == 200,
+    )
+    .await;
+    eprintln!("the budget was held {refused:?} after the slow body started");
+
+    // Less than one full body is refused at start.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--cluster-state", &state_flag()])
+        .args(["--max-buffered-body-bytes", "1000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-buffered-body-bytes must be at least")
+    );
+}

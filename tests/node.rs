@@ -204,6 +204,9 @@ async fn the_chart_runs_on_a_real_node() {
             NS,
             "--set",
             &tag_value,
+            // The name scripts/build-image gives the image it imports.
+            "--set",
+            "image.repository=docker.io/library/memgraph-address-injector",
             "--set",
             "image.pullPolicy=Never",
             "--wait",

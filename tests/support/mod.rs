@@ -191,6 +191,28 @@ pub fn start_webhook(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Webhoo
     webhook
 }
 
+/// A body that sends `first` and then waits for `release` before sending `rest`.
+pub fn stalled_body(
+    first: Vec<u8>,
+    rest: Vec<u8>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) -> reqwest::Body {
+    let stream = futures::stream::unfold(0u8, move |step| {
+        let (first, rest, release) = (first.clone(), rest.clone(), release.clone());
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                1 => {
+                    release.notified().await;
+                    Some((Ok(rest), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
 /// Polls an async check every 100 ms; returns how long it took.
 pub async fn wait_async(
     timeout: Duration,

@@ -98,7 +98,7 @@ pub struct ObjectMeta<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct OwnerReference<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, rename = "apiVersion")]
     pub api_version: Str<'a>,
     #[serde(borrow)]
     pub kind: Str<'a>,
