@@ -32,6 +32,8 @@ pub enum PackStreamError {
     TooLarge(usize),
     #[error("{0} trailing bytes after the value")]
     Trailing(usize),
+    #[error("a PackStream message holds more than {0} values (far more than any reply Memgraph sends to these queries); a broken or hostile server?")]
+    TooManyValues(usize),
 }
 
 impl Value {
@@ -195,9 +197,18 @@ pub fn encode(value: &Value, out: &mut Vec<u8>) -> Result<(), PackStreamError> {
     Ok(())
 }
 
-/// Decodes exactly one value that fills `bytes`.
+/// Values one message may decode to at most. Each costs ~40 bytes however small on the
+/// wire (a 16 MiB message of tiny integers would be ~0.5 GiB of `Value`s); SHOW INSTANCES of
+/// a hundred instances is a few thousand.
+pub const MAX_VALUES: usize = 100_000;
+
+/// Decodes exactly one value that fills `bytes`, of at most [`MAX_VALUES`] values.
 pub fn decode(bytes: &[u8]) -> Result<Value, PackStreamError> {
-    let mut reader = Reader { bytes, pos: 0 };
+    let mut reader = Reader {
+        bytes,
+        pos: 0,
+        values_left: MAX_VALUES,
+    };
     let value = reader.value(0)?;
     match bytes.len() - reader.pos {
         0 => Ok(value),
@@ -211,6 +222,7 @@ const MAX_DEPTH: usize = 64;
 struct Reader<'b> {
     bytes: &'b [u8],
     pos: usize,
+    values_left: usize,
 }
 
 impl<'b> Reader<'b> {
@@ -273,6 +285,10 @@ impl<'b> Reader<'b> {
         if depth > MAX_DEPTH {
             return Err(PackStreamError::TooLarge(depth));
         }
+        self.values_left = self
+            .values_left
+            .checked_sub(1)
+            .ok_or(PackStreamError::TooManyValues(MAX_VALUES))?;
         let marker = self.u8()?;
         Ok(match marker {
             0x00..=0x7F => Value::Int(marker as i64),
@@ -386,6 +402,25 @@ mod tests {
             ),
         ]);
         assert_eq!(decode(&bytes(&value)).unwrap(), value);
+    }
+
+    #[test]
+    fn a_message_of_too_many_values_is_refused_before_it_is_built() {
+        // A list header of 200,000 items followed by that many one-byte integers.
+        let n = 2 * MAX_VALUES;
+        let mut bytes = vec![0xD6];
+        bytes.extend_from_slice(&(n as u32).to_be_bytes());
+        bytes.extend(std::iter::repeat_n(0x01, n));
+        assert_eq!(
+            decode(&bytes),
+            Err(PackStreamError::TooManyValues(MAX_VALUES))
+        );
+        // Just under the budget (the list itself is one value) decodes.
+        let n = MAX_VALUES - 1;
+        let mut bytes = vec![0xD6];
+        bytes.extend_from_slice(&(n as u32).to_be_bytes());
+        bytes.extend(std::iter::repeat_n(0x01, n));
+        assert_eq!(decode(&bytes).unwrap().as_list().unwrap().len(), n);
     }
 
     #[test]
