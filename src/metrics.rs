@@ -701,7 +701,8 @@ mod tests {
         }
     }
 
-    /// The samples are the same in both formats: every name and label the README documents.
+    /// The samples are the same in both formats: every name and label docs/operations.md and
+    /// docs/routing.md document.
     fn assert_samples(parsed: &Parsed) {
         let expect = [
             (

@@ -1,6 +1,6 @@
 //! `routing check` and `routing sync`: read the routing table a Memgraph coordinator gives
 //! clients, say which entries a client outside the cluster cannot use, and fix the
-//! registrations behind them (shared/memgraph-ha.md, "The problem").
+//! registrations behind them (docs/design.md, "The problem").
 //!
 //! Pure core: `table` (classify addresses), `resolve` (the external address of an instance,
 //! with the webhook's `decision::address::resolve`), `plan` (which statements). Thin shells:

@@ -1,7 +1,7 @@
 //! `routing sync`'s plan: given the rows of `SHOW INSTANCES` and each instance's external
 //! address, which statements make the routing table right. Pure; executed by `mod.rs`.
 //!
-//! Version rules (shared/memgraph-ha.md, "Where the addresses in the routing table come
+//! Version rules (docs/design.md, "Where the addresses in the routing table come
 //! from"): 3.8+ changes a registered Bolt address in place with `UPDATE CONFIG FOR
 //! COORDINATOR id {'bolt_server': ..}` / `UPDATE CONFIG FOR INSTANCE name {...}` on the
 //! leader; 3.0–3.7 can only register anew (printed, never executed); before 3.0 the
@@ -18,7 +18,8 @@ use crate::decision::pod::Version;
 /// src/query/frontend/opencypher/grammar/MemgraphCypher.g4, v3.8.0; absent at v3.7.2).
 pub const UPDATE_CONFIG_SINCE: Version = Version::new(3, 8, 0);
 /// From 3.9 a follower forwards UPDATE CONFIG to the leader; at 3.8.x it answers "Couldn't
-/// update config because appending to Raft log failed." (shared/memgraph-ha.md).
+/// update config because appending to Raft log failed." (docs/design.md, "Where the addresses in
+/// the routing table come from").
 pub const FORWARDS_TO_LEADER_SINCE: Version = Version::new(3, 9, 0);
 pub const REGISTRATION_SINCE: Version = Version::new(3, 0, 0);
 

@@ -3,7 +3,7 @@
 //! decides it: the same Memgraph facts (`decision::pod`), the same Service ranking
 //! (`decision::service::choose`) and the same host and port rules (`decision::address`),
 //! with the node in use kept while it is usable. The pod's admission-time annotation is only
-//! the fallback (shared/memgraph-ha.md, "What the external address is"). Pure: the cluster
+//! the fallback (docs/design.md, "What the external address is"). Pure: the cluster
 //! view is built by the caller (`from_objects`).
 
 use std::collections::BTreeMap;

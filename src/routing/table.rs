@@ -2,7 +2,7 @@
 //! cluster can use. Pure: the cluster view comes in as a value.
 //!
 //! Where the entries come from (ROUTE: `ADD COORDINATOR`, WRITE/READ: `REGISTER INSTANCE`):
-//! shared/memgraph-ha.md, "Where the addresses in the routing table come from".
+//! docs/design.md, "Where the addresses in the routing table come from".
 
 use std::fmt;
 use std::net::IpAddr;

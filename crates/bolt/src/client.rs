@@ -1,7 +1,7 @@
 //! A small Bolt client: handshake (5.0–5.2, 4.4, 4.3), HELLO (+ LOGON on 5.1+), ROUTE, and
 //! auto-commit RUN + PULL. Just enough for `routing check` and `routing sync`; the wire
 //! format lives in `packstream`, the decisions in `table` and `plan`.
-//! Message layouts: shared/memgraph-ha.md, "Bolt ROUTE, for tests".
+//! Message layouts: docs/design.md, "Bolt ROUTE, for tests".
 
 use std::collections::BTreeMap;
 use std::fmt;

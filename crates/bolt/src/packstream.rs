@@ -1,7 +1,7 @@
 //! PackStream, the value encoding of Bolt: just the subset that HELLO, LOGON, ROUTE, RUN and
 //! PULL and their replies use (null, booleans, integers, floats, strings, bytes, lists, maps
 //! and structures). Hand-written because no maintained Rust crate can send ROUTE over
-//! Bolt 5.x (README, "Bolt client"); kept small and separate from the IO in `bolt`.
+//! Bolt 5.x (docs/routing.md, "Bolt client"); kept small and separate from the IO in `bolt`.
 
 use std::collections::BTreeMap;
 

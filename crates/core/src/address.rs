@@ -1,5 +1,5 @@
 //! Which `host:port` a client outside the cluster uses to reach a Service's Bolt port
-//! (shared/memgraph-ha.md, "What the external address is").
+//! (docs/design.md, "What the external address is").
 
 use std::net::Ipv4Addr;
 

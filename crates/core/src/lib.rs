@@ -31,7 +31,8 @@ pub const SOURCE_ANNOTATION: &str = "memgraph-address-injector/source";
 pub const DEFAULT_ENV_NAME: &str = "MEMGRAPH_EXTERNAL_BOLT_ADDRESS";
 
 /// `--coordinator-hostname` sets a 2.18–2.x coordinator's own ROUTE entry
-/// (shared/memgraph-ha.md); 3.0 dropped that meaning.
+/// (docs/design.md, "Where the addresses in the routing table come from"); 3.0 dropped that
+/// meaning.
 const HOSTNAME_FLAG_FROM: Version = Version::new(2, 18, 0);
 const HOSTNAME_FLAG_UNTIL: Version = Version::new(3, 0, 0);
 
@@ -59,7 +60,7 @@ impl std::str::FromStr for OnPending {
 }
 
 /// Memgraph's own flags that decide where it listens, who it is in the cluster and where it
-/// keeps data (shared/memgraph-ha.md, "HA flags"); `--coordinator-flag` must not set them.
+/// keeps data (docs/design.md, "HA flags"); `--coordinator-flag` must not set them.
 const MEMGRAPH_FLAGS: &[&str] = &[
     "management-port",
     "coordinator-port",

@@ -1,6 +1,6 @@
 //! What the pod is: the few Pod fields the decision reads (decoded borrowed, the rest of the
 //! object is skipped), and the Memgraph facts derived from them: which container, which role,
-//! which ports, which Memgraph version. Facts about Memgraph are from `shared/memgraph-ha.md`.
+//! which ports, which Memgraph version. Facts about Memgraph are from docs/design.md.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -322,7 +322,7 @@ impl ArgList {
 }
 
 /// The environment variables that switch Memgraph's coordination setup from flags to
-/// environment (shared/memgraph-ha.md, trap 2).
+/// environment (docs/design.md, "Traps that break a Memgraph pod", trap 2).
 pub const COORDINATION_ENV_VARS: &[&str] = &[
     "MEMGRAPH_MANAGEMENT_PORT",
     "MEMGRAPH_COORDINATOR_PORT",
@@ -332,7 +332,7 @@ pub const COORDINATION_ENV_VARS: &[&str] = &[
     "MEMGRAPH_HA_DURABILITY",
 ];
 
-/// Every variable name Memgraph reads (shared/memgraph-ha.md, traps 2 and 3).
+/// Every variable name Memgraph reads (docs/design.md, "Traps that break a Memgraph pod", 2 and 3).
 pub const MEMGRAPH_READS_ENV: &[&str] = &[
     "MEMGRAPH_MANAGEMENT_PORT",
     "MEMGRAPH_COORDINATOR_PORT",
