@@ -586,3 +586,136 @@ async fn request_bodies_share_a_byte_budget() {
         String::from_utf8_lossy(&out.stderr).contains("--max-buffered-body-bytes must be at least")
     );
 }
+
+/// A child memory cgroup (v1) of this process's own, removed when dropped (after the
+/// processes in it are gone: declare it before them).
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> Option<Self> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let path = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))?;
+        let parent =
+            std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        let dir = parent.join(format!("mai-hostile-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let cgroup = Self { dir };
+        std::fs::write(cgroup.dir.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
+        Some(cgroup)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.dir.display());
+    }
+}
+
+/// The chart's memory limit holds under a flood of 7 MiB reviews from 64 clients at once
+/// (BODY_LIMIT × --max-in-flight would be 1.75 GiB): the server in a 128 MiB memory cgroup is
+/// never OOM-killed, stays under the limit, answers every request (200, or a 503 past the
+/// body budget) and then answers a normal review.
+///
+/// Ignored: it FAILS today. Measured 2026-12-06 (debug build): 64 clients x 4 reviews of
+/// 7 MiB, the server was OOM-killed at the 128 MiB limit even with the 32 MiB body budget
+/// (per-connection buffers and draining are not in the budget). Issue 18 item 1 is open.
+/// Run: cargo test --test hostile a_flood -- --ignored
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: OOM-killed under a 128 MiB cgroup (issue 18 item 1 open)"]
+async fn a_flood_of_big_reviews_stays_under_the_charts_memory_limit() {
+    const LIMIT: u64 = 128 * 1024 * 1024;
+    let Some(cgroup) = MemoryCgroup::new(LIMIT) else {
+        eprintln!("SKIPPED: no writable cgroup v1 memory controller here (needs root)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = start_webhook(dir.path(), &["--cluster-state", &state_flag()], &[]);
+    cgroup.add(webhook.process.pid());
+
+    let mut big = vec![b' '; 7 * 1024 * 1024 - 64 * 1024];
+    big.extend_from_slice(&review_body());
+    let big = Bytes::from(big);
+    let url = webhook.url("/mutate");
+    let ca = webhook.ca_pem();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (url, body) = (url.clone(), big.clone());
+            // One connection per client, as many API server connections would be.
+            let client = https_client(&ca);
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..4 {
+                    let status = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .map_err(|e| e.to_string());
+                    statuses.push(status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for task in tasks {
+        for status in task.await.unwrap() {
+            let key = match status {
+                Ok(code) => code.to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    let max_usage: u64 = cgroup
+        .read("memory.max_usage_in_bytes")
+        .trim()
+        .parse()
+        .unwrap();
+    let oom = cgroup.read("memory.oom_control");
+    eprintln!(
+        "64 clients x 4 reviews of 7 MiB: {counts:?}; server peak memory {:.1} MiB of a {} MiB limit",
+        max_usage as f64 / 1048576.0,
+        LIMIT / 1048576
+    );
+    assert!(
+        oom.contains("oom_kill 0") || !oom.contains("oom_kill"),
+        "{oom}"
+    );
+    assert!(max_usage < LIMIT, "peak {max_usage}");
+    assert_eq!(
+        counts.keys().filter(|k| *k != "200" && *k != "503").count(),
+        0,
+        "every request answered 200 or 503: {counts:?}"
+    );
+    assert!(counts.get("200").copied().unwrap_or(0) > 0, "{counts:?}");
+    let normal = https_client(&ca)
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(review_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(normal.status(), 200);
+    drop(webhook);
+}

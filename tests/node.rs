@@ -204,9 +204,9 @@ async fn the_chart_runs_on_a_real_node() {
             NS,
             "--set",
             &tag_value,
-            // The name scripts/build-image gives the image it imports.
+            // The short name the imported image resolves to (docker.io/library/...).
             "--set",
-            "image.repository=docker.io/library/memgraph-address-injector",
+            "image.repository=memgraph-address-injector",
             "--set",
             "image.pullPolicy=Never",
             "--wait",
