@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +61,14 @@ pub struct ServeOptions {
 /// which PINGs do not reset (it counts requests, not bytes).
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unread bytes one connection may hold outside the body budget: the HTTP/1.1 read buffer,
+/// and the HTTP/2 flow-control windows (what a peer may send before we read it).
+pub const HTTP1_MAX_BUF: usize = 64 * 1024;
+pub const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// Admission requests on one HTTP/2 connection at once; the in-flight cap is the real limit.
+pub const HTTP2_MAX_STREAMS: u32 = 64;
 
 /// Open connections on the plain-HTTP health listener at most: probes and a scraper or two.
 pub const HEALTH_MAX_CONNECTIONS: usize = 64;
@@ -170,7 +178,14 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
     }
     // The header timeout does not cover the body: a client trickling it would hold an
     // in-flight slot for ever, so the body shares the request's budget.
-    let read = tokio::time::timeout(app.request_budget, read_body(&app, request.into_body()));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let read = tokio::time::timeout(
+        app.request_budget,
+        read_body(&app, declared, request.into_body()),
+    );
     let (body, _bytes_held) = match read.await {
         Err(_) => {
             app.metrics.record_bad_request(Rejection::BodyTimeout);
@@ -183,14 +198,16 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
             );
         }
         Ok(Ok(read)) => read,
-        Ok(Err(BodyError::TooLarge)) => {
+        Ok(Err(BodyError::TooLarge(rest))) => {
+            drain(&app, started, rest).await;
             app.metrics.record_bad_request(Rejection::TooLarge);
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body exceeds {BODY_LIMIT} bytes (7 MiB); an AdmissionReview is far smaller"),
             );
         }
-        Ok(Err(BodyError::OverBudget)) => {
+        Ok(Err(BodyError::OverBudget(rest))) => {
+            drain(&app, started, rest).await;
             app.metrics.record_bad_request(Rejection::Overloaded);
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -212,50 +229,81 @@ async fn mutate(State(app): State<AppState>, request: Request) -> Response {
 }
 
 enum BodyError {
-    TooLarge,
-    OverBudget,
+    /// Refused bodies carry what is left of them, to be drained before the answer.
+    TooLarge(BodyDataStream),
+    OverBudget(BodyDataStream),
     Read(axum::Error),
 }
 
-/// The body, buffered chunk by chunk under [`BODY_LIMIT`], each chunk paid for from the
-/// shared byte budget first; the permit returned holds those bytes until it is dropped.
+/// The body, buffered under [`BODY_LIMIT`] and paid for from the shared byte budget before
+/// it is kept; the permit returned holds those bytes until it is dropped. A Content-Length
+/// (what the API server sends) is paid in full up front and buffered in one allocation, so
+/// that a flood is refused before it is read and the heap is not fragmented by regrowth.
 async fn read_body(
     app: &AppState,
+    declared: Option<usize>,
     body: Body,
 ) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
     use futures::StreamExt;
     let mut chunks = body.into_data_stream();
+    if declared.is_some_and(|len| len > BODY_LIMIT) {
+        return Err(BodyError::TooLarge(chunks));
+    }
     let mut buffer: Vec<u8> = Vec::new();
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut held_kib = 0usize;
+    if let Some(len) = declared {
+        let Some(permit) = pay(app, &mut held_kib, len) else {
+            return Err(BodyError::OverBudget(chunks));
+        };
+        held = Some(permit);
+        buffer.reserve_exact(len);
+    }
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(BodyError::Read)?;
         let len = buffer.len() + chunk.len();
         if len > BODY_LIMIT {
-            return Err(BodyError::TooLarge);
+            return Err(BodyError::TooLarge(chunks));
         }
-        // Capacity, not length, is what the allocator hands out.
-        let need_kib = len.max(buffer.capacity()).div_ceil(1024);
-        if need_kib > held_kib {
-            let more = u32::try_from(need_kib - held_kib).unwrap_or(u32::MAX);
-            let Ok(permit) = app.body_budget.clone().try_acquire_many_owned(more) else {
-                // Read the rest without keeping it: an HTTP/1.1 client still sending would
-                // otherwise never read the 503 (both sides blocked on full buffers).
-                drop(buffer);
-                drop(held);
-                while let Some(Ok(_)) = chunks.next().await {}
-                return Err(BodyError::OverBudget);
+        if len > buffer.capacity() {
+            // No (or a wrong) Content-Length: grow by doubling, each step paid for first;
+            // capacity, not length, is what the allocator hands out.
+            let want = len.max(buffer.capacity() * 2).min(BODY_LIMIT);
+            let Some(permit) = pay(app, &mut held_kib, want) else {
+                return Err(BodyError::OverBudget(chunks));
             };
             match held.as_mut() {
                 Some(h) => h.merge(permit),
                 None => held = Some(permit),
             }
-            held_kib = need_kib;
+            buffer.reserve_exact(want - buffer.len());
         }
-        buffer.reserve_exact(chunk.len());
         buffer.extend_from_slice(&chunk);
     }
     Ok((Bytes::from(buffer), held))
+}
+
+/// Permits for a buffer of `bytes`, beyond the `held_kib` already paid; `None` past the budget.
+fn pay(
+    app: &AppState,
+    held_kib: &mut usize,
+    bytes: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let need_kib = bytes.div_ceil(1024).max(*held_kib);
+    let more = u32::try_from(need_kib - *held_kib).unwrap_or(u32::MAX);
+    let permit = app.body_budget.clone().try_acquire_many_owned(more).ok()?;
+    *held_kib = need_kib;
+    Some(permit)
+}
+
+/// Reads the rest of a refused body without keeping it, for what is left of the request's
+/// budget: an HTTP/1.1 client still sending would otherwise never read the answer (both sides
+/// blocked on full buffers, or a broken pipe when the connection closes under it).
+async fn drain(app: &AppState, started: Instant, mut rest: BodyDataStream) {
+    use futures::StreamExt;
+    let left = app.request_budget.saturating_sub(started.elapsed());
+    let _ =
+        tokio::time::timeout(left, async { while let Some(Ok(_)) = rest.next().await {} }).await;
 }
 
 async fn review_body(app: &AppState, body: Bytes, started: Instant) -> Response {
@@ -469,12 +517,18 @@ fn limit_http(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(HTTP1_MAX_BUF);
+    // hyper's defaults let each HTTP/2 connection buffer ~1 MiB of unread body outside the
+    // body budget; 64 such connections would be half the chart's memory limit.
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS);
 }
 
 /// An acceptor that caps open connections. Past the cap a new connection is closed at once,

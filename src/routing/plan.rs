@@ -82,11 +82,7 @@ impl Instance {
     }
 }
 
-fn column(
-    row: &BTreeMap<String, Value>,
-    i: usize,
-    name: &'static str,
-) -> Result<String, PlanError> {
+fn column(row: &BTreeMap<&str, &Value>, i: usize, name: &'static str) -> Result<String, PlanError> {
     match row.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Null) | None => Ok(String::new()),
@@ -105,9 +101,9 @@ pub fn instances(result: &QueryResult) -> Result<Vec<Instance>, PlanError> {
     }
     result
         .rows()
-        .iter()
         .enumerate()
         .map(|(i, row)| {
+            let row = &row;
             let name = column(row, i, "name")?;
             let coordinator_server = column(row, i, "coordinator_server")?;
             let role = column(row, i, "role")?;

@@ -161,12 +161,11 @@ pub struct QueryResult {
 }
 
 impl QueryResult {
-    /// Rows as maps from column name to value.
-    pub fn rows(&self) -> Vec<BTreeMap<String, Value>> {
+    /// Rows as maps from column name to value, borrowed: a large result is not copied again.
+    pub fn rows(&self) -> impl Iterator<Item = BTreeMap<&str, &Value>> + '_ {
         self.records
             .iter()
-            .map(|r| self.fields.iter().cloned().zip(r.iter().cloned()).collect())
-            .collect()
+            .map(|r| self.fields.iter().map(String::as_str).zip(r).collect())
     }
 }
 
