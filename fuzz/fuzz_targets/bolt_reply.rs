@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 fields: (0..values.len()).map(|i| format!("c{i}")).collect(),
                 records: vec![values],
             };
-            assert_eq!(result.rows().len(), 1);
+            assert_eq!(result.rows().count(), 1);
         }
         ServerMessage::Failure { code, message } => {
             let _ = (code.len(), message.len());
