@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::{self, SharedCluster};
 use crate::decision::pod::{Recognition, Version};
+use crate::decision::proxy::IngressNginx;
 use crate::decision::{self, review, Config, FlagTemplate, OnPending};
 use crate::server::{self, AppState, ServeOptions};
 
@@ -87,6 +88,22 @@ pub struct DecisionArgs {
     /// unknown flags: use only with a wrapper that understands it.
     #[arg(long, env = "MAI_COORDINATOR_FLAG")]
     pub coordinator_flag: Option<String>,
+    /// ingress-nginx's TCP proxy ConfigMap (NAMESPACE/NAME), read for pods that no NodePort
+    /// or LoadBalancer Service exposes. Empty: ingress-nginx is not read.
+    #[arg(
+        long,
+        env = "MAI_INGRESS_NGINX_TCP_SERVICES",
+        default_value = "ingress-nginx/tcp-services"
+    )]
+    pub ingress_nginx_tcp_services: String,
+    /// The ingress-nginx controller's Service (NAMESPACE/NAME), whose external address
+    /// carries the tcp-services ports.
+    #[arg(
+        long,
+        env = "MAI_INGRESS_NGINX_CONTROLLER",
+        default_value = "ingress-nginx/ingress-nginx-controller"
+    )]
+    pub ingress_nginx_controller: String,
 }
 
 impl DecisionArgs {
@@ -110,6 +127,19 @@ impl DecisionArgs {
                 .as_deref()
                 .map(FlagTemplate::parse)
                 .transpose()?,
+            ingress_nginx: match self.ingress_nginx_tcp_services.trim() {
+                "" => None,
+                tcp_services => Some(IngressNginx {
+                    tcp_services: tcp_services
+                        .parse()
+                        .context("--ingress-nginx-tcp-services")?,
+                    controller: self
+                        .ingress_nginx_controller
+                        .trim()
+                        .parse()
+                        .context("--ingress-nginx-controller")?,
+                }),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -313,6 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .as_ref()
                     .map(crate::reconcile::Prepared::taps)
                     .unwrap_or_default(),
+                config.ingress_nginx.clone(),
             )
         }
     };
@@ -326,6 +357,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.reporter = reporter;
     let mut reconciler = None;
     if let (Some(prepared), Some(client)) = (prepared, reconcile_client) {
+        prepared.attach(&app.cluster);
         reconciler = Some(
             crate::reconcile::start(
                 client,

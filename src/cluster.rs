@@ -6,11 +6,14 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
+use crate::decision::proxy::{
+    ConfigMapView, GatewayView, IngressNginx, TcpRouteView, GATEWAY_GROUP,
+};
 pub use crate::decision::state::{
     parse_documents, state_from_text, visit_objects, RawObject, StateError,
 };
@@ -32,6 +35,13 @@ pub struct SharedCluster {
     state: Arc<RwLock<ClusterState>>,
     services_listed: Arc<AtomicBool>,
     nodes_listed: Arc<AtomicBool>,
+    /// The proxy watches (Gateways, TCPRoutes, the tcp-services ConfigMap): each listed
+    /// once, or found not installed (then that exposure is off).
+    gateways_listed: Arc<AtomicBool>,
+    tcp_routes_listed: Arc<AtomicBool>,
+    config_maps_listed: Arc<AtomicBool>,
+    /// The ingress-nginx controller's namespace: its Services come along in a live view.
+    proxy_namespace: Option<String>,
     /// Watch errors since start: readiness stays true on them (decisions from a slightly
     /// stale cache beat refusing every Memgraph pod), so this is how staleness shows.
     watch_errors: Arc<std::sync::atomic::AtomicU64>,
@@ -47,6 +57,9 @@ impl SharedCluster {
             state: Arc::new(RwLock::new(state)),
             services_listed: Arc::new(AtomicBool::new(true)),
             nodes_listed: Arc::new(AtomicBool::new(true)),
+            gateways_listed: Arc::new(AtomicBool::new(true)),
+            tcp_routes_listed: Arc::new(AtomicBool::new(true)),
+            config_maps_listed: Arc::new(AtomicBool::new(true)),
             client: None,
             ..Self::default()
         }
@@ -62,7 +75,24 @@ impl SharedCluster {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.services_listed.load(Ordering::Acquire) && self.nodes_listed.load(Ordering::Acquire)
+        [
+            &self.services_listed,
+            &self.nodes_listed,
+            &self.gateways_listed,
+            &self.tcp_routes_listed,
+            &self.config_maps_listed,
+        ]
+        .iter()
+        .all(|listed| listed.load(Ordering::Acquire))
+    }
+
+    /// The proxies of the cache and the ingress-nginx controller's Services, as the view
+    /// the reconciler adds to one namespace's objects.
+    pub fn proxy_view(&self) -> (ClusterState, Option<String>) {
+        let mut view = ClusterState::default();
+        let also: Vec<&str> = self.proxy_namespace.iter().map(String::as_str).collect();
+        view.adopt_proxies(&self.read(), &also);
+        (view, self.proxy_namespace.clone())
     }
 
     pub fn watch_errors(&self) -> u64 {
@@ -89,27 +119,231 @@ impl SharedCluster {
                 .map(Arc::new)
         });
         let views = tokio::time::timeout(budget, flight).await.ok().flatten()?;
+        let also: Vec<&str> = self.proxy_namespace.iter().map(String::as_str).collect();
         Some(
             self.read()
-                .with_live_namespace(namespace, views.as_ref().clone()),
+                .with_live_namespace(namespace, views.as_ref().clone(), &also),
         )
     }
 
-    /// Starts watches of Services and Nodes in all namespaces: one per kind for the whole
-    /// process, also feeding `taps` (the routing reconciler). They run until the process
-    /// ends; errors are retried with backoff by the watcher.
-    pub fn watched(client: Client, taps: Taps) -> Self {
+    /// Starts watches of Services and Nodes in all namespaces, of Gateways and TCPRoutes
+    /// where the Gateway API is installed, and of ingress-nginx's tcp-services ConfigMap:
+    /// one per kind for the whole process, also feeding `taps` (the routing reconciler).
+    /// They run until the process ends; errors are retried with backoff by the watcher.
+    pub fn watched(client: Client, mut taps: Taps, nginx: Option<IngressNginx>) -> Self {
         let shared = Self {
             client: Some(client.clone()),
+            proxy_namespace: nginx.as_ref().map(|n| n.controller.namespace.clone()),
             ..Self::default()
         };
+        // A change of the ingress-nginx controller's Service moves addresses of pods in
+        // other namespaces: the reconciler hears of it as a proxy change.
+        let mut services_tap = taps.services.take();
+        let proxies_tap = taps.proxies.clone();
+        let controller = nginx.as_ref().map(|n| n.controller.clone());
+        let services_tap: Option<Tap<Service>> = Some(Box::new(move |event: &Event<Service>| {
+            if let Some(tap) = services_tap.as_mut() {
+                tap(event);
+            }
+            let is_controller = |svc: &Service| {
+                controller.as_ref().is_some_and(|c| {
+                    svc.metadata.namespace.as_deref() == Some(c.namespace.as_str())
+                        && svc.metadata.name.as_deref() == Some(c.name.as_str())
+                })
+            };
+            let touches = match event {
+                Event::Apply(svc) | Event::Delete(svc) | Event::InitApply(svc) => {
+                    is_controller(svc)
+                }
+                Event::Init | Event::InitDone => false,
+            };
+            if touches {
+                if let Some(tap) = &proxies_tap {
+                    tap();
+                }
+            }
+        }));
         tokio::spawn(watch(
             Api::<Service>::all(client.clone()),
             shared.clone(),
-            taps.services,
+            services_tap,
         ));
-        tokio::spawn(watch(Api::<Node>::all(client), shared.clone(), taps.nodes));
+        tokio::spawn(watch(
+            Api::<Node>::all(client.clone()),
+            shared.clone(),
+            taps.nodes,
+        ));
+        tokio::spawn(watch_gateway_api(
+            client.clone(),
+            shared.clone(),
+            taps.proxies.clone(),
+        ));
+        match nginx {
+            Some(nginx) => {
+                let tap = taps.proxies.clone();
+                let name = nginx.tcp_services.name.clone();
+                let api = Api::<ConfigMap>::namespaced(client, &nginx.tcp_services.namespace);
+                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                let on_event: Option<Tap<ConfigMap>> =
+                    tap.map(|tap| Box::new(move |_: &Event<ConfigMap>| tap()) as Tap<ConfigMap>);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    // Without the Role in that namespace (the chart makes it only when asked)
+                    // the watch would fail for ever and readiness with it: the exposure is
+                    // off instead, said once.
+                    let probe = ListParams::default()
+                        .fields(&format!("metadata.name={name}"))
+                        .limit(1);
+                    if let Err(kube::Error::Api(status)) = api.list(&probe).await {
+                        if status.code == 403 {
+                            tracing::info!(
+                                config_map = %nginx.tcp_services,
+                                "not allowed to read the ingress-nginx tcp-services ConfigMap: pods behind ingress-nginx get no address from it (give the webhook get/list/watch on it, or set --ingress-nginx-tcp-services to empty to silence this)"
+                            );
+                            shared.config_maps_listed.store(true, Ordering::Release);
+                            return;
+                        }
+                    }
+                    watch_with(api, config, shared, on_event).await
+                });
+            }
+            None => shared.config_maps_listed.store(true, Ordering::Release),
+        }
         shared
+    }
+}
+
+/// The Gateway API's Gateways and TCPRoutes, at the version the API server prefers. Where
+/// the CRDs are not installed that exposure is off, said once in the log; installing them
+/// later takes a restart.
+async fn watch_gateway_api(client: Client, shared: SharedCluster, tap: Option<ProxyTap>) {
+    let mut backoff = Duration::from_secs(1);
+    let group = loop {
+        match kube::discovery::group(&client, GATEWAY_GROUP).await {
+            Ok(group) => break Some(group),
+            Err(kube::Error::Discovery(_)) => break None,
+            Err(err) => {
+                shared.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, "cannot discover the Gateway API; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let kind = |name: &str| group.as_ref().and_then(|g| g.recommended_kind(name));
+    for (name, listed) in [
+        ("Gateway", &shared.gateways_listed),
+        ("TCPRoute", &shared.tcp_routes_listed),
+    ] {
+        match kind(name) {
+            Some((resource, _)) => {
+                tracing::info!(kind = name, version = %resource.version, "watching the Gateway API");
+                tokio::spawn(watch_dynamic(
+                    client.clone(),
+                    resource,
+                    name == "Gateway",
+                    shared.clone(),
+                    tap.clone(),
+                ));
+            }
+            None => {
+                tracing::info!(
+                    kind = name,
+                    "the Gateway API's {name} is not installed ({GATEWAY_GROUP}): pods behind a {name} get no address from it; restart after installing its CRDs"
+                );
+                listed.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Called on every change of a proxy object (the reconciler re-checks every namespace).
+pub type ProxyTap = Arc<dyn Fn() + Send + Sync>;
+
+enum ProxyView {
+    Gateway(GatewayView),
+    TcpRoute(TcpRouteView),
+}
+
+fn proxy_view(obj: &DynamicObject, gateway: bool) -> Option<ProxyView> {
+    let value = serde_json::to_value(obj).ok()?;
+    let read = if gateway {
+        GatewayView::from_value(value).map(ProxyView::Gateway)
+    } else {
+        TcpRouteView::from_value(value).map(ProxyView::TcpRoute)
+    };
+    match read {
+        Ok(view) => Some(view),
+        Err(err) => {
+            tracing::warn!(name = obj.metadata.name.as_deref().unwrap_or_default(), error = %err, "skipped a Gateway API object");
+            None
+        }
+    }
+}
+
+async fn watch_dynamic(
+    client: Client,
+    resource: ApiResource,
+    gateway: bool,
+    shared: SharedCluster,
+    tap: Option<ProxyTap>,
+) {
+    use kube::runtime::WatchStreamExt;
+    let kind = if gateway { "Gateways" } else { "TCPRoutes" };
+    let listed = if gateway {
+        &shared.gateways_listed
+    } else {
+        &shared.tcp_routes_listed
+    };
+    let api = Api::<DynamicObject>::all_with(client, &resource);
+    let mut initial = Vec::new();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = stream.next().await {
+        if let (Some(tap), Ok(_)) = (&tap, &event) {
+            tap();
+        }
+        match event {
+            Ok(Event::Init) => initial.clear(),
+            Ok(Event::InitApply(obj)) => initial.extend(proxy_view(&obj, gateway)),
+            Ok(Event::InitDone) => {
+                let count = initial.len();
+                let mut state = shared.write();
+                let (mut gateways, mut routes) = (Vec::new(), Vec::new());
+                for view in std::mem::take(&mut initial) {
+                    match view {
+                        ProxyView::Gateway(g) => gateways.push(g),
+                        ProxyView::TcpRoute(r) => routes.push(r),
+                    }
+                }
+                if gateway {
+                    state.replace_all_gateways(gateways);
+                } else {
+                    state.replace_all_tcp_routes(routes);
+                }
+                listed.store(true, Ordering::Release);
+                tracing::info!(kind, count, "listed");
+            }
+            Ok(Event::Apply(obj)) => match proxy_view(&obj, gateway) {
+                Some(ProxyView::Gateway(g)) => shared.write().upsert_gateway(g),
+                Some(ProxyView::TcpRoute(r)) => shared.write().upsert_tcp_route(r),
+                None => {}
+            },
+            Ok(Event::Delete(obj)) => {
+                let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+                let name = obj.metadata.name.as_deref().unwrap_or_default();
+                if gateway {
+                    shared.write().remove_gateway(ns, name);
+                } else {
+                    shared.write().remove_tcp_route(ns, name);
+                }
+            }
+            Err(err) => {
+                shared.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(kind, error = %err, "watch error; retrying");
+            }
+        }
     }
 }
 
@@ -140,11 +374,12 @@ async fn list_services(
 /// is watched once per process.
 pub type Tap<K> = Box<dyn FnMut(&Event<K>) + Send>;
 
-/// The extra readers of the Service and Node watches.
+/// The extra readers of the Service and Node watches, and of the proxy watches.
 #[derive(Default)]
 pub struct Taps {
     pub services: Option<Tap<Service>>,
     pub nodes: Option<Tap<Node>>,
+    pub proxies: Option<ProxyTap>,
 }
 
 /// How one kind of object is kept in the view: reduced to what the decision reads at once,
@@ -188,6 +423,29 @@ impl Cached for Service {
     }
 }
 
+impl Cached for ConfigMap {
+    type View = ConfigMapView;
+    const KIND: &'static str = "ConfigMaps";
+    fn view(&self) -> Option<ConfigMapView> {
+        let value = serde_json::to_value(self).ok()?;
+        ConfigMapView::from_value(value).ok()
+    }
+    fn replace_all(state: &mut ClusterState, views: Vec<ConfigMapView>) {
+        state.replace_all_config_maps(views);
+    }
+    fn upsert(state: &mut ClusterState, view: ConfigMapView) {
+        state.upsert_config_map(view);
+    }
+    fn remove(&self, state: &mut ClusterState) {
+        if let (Some(ns), Some(name)) = (&self.metadata.namespace, &self.metadata.name) {
+            state.remove_config_map(ns, name);
+        }
+    }
+    fn listed(shared: &SharedCluster) -> &AtomicBool {
+        &shared.config_maps_listed
+    }
+}
+
 impl Cached for Node {
     type View = NodeView;
     const KIND: &'static str = "Nodes";
@@ -212,12 +470,19 @@ impl Cached for Node {
 
 /// One watch: a (re)list replaces the kind's objects wholesale once complete, then events
 /// update them one by one. Errors are retried with the watcher's backoff.
-async fn watch<K: Cached>(api: Api<K>, shared: SharedCluster, mut tap: Option<Tap<K>>) {
+async fn watch<K: Cached>(api: Api<K>, shared: SharedCluster, tap: Option<Tap<K>>) {
+    watch_with(api, watcher::Config::default(), shared, tap).await
+}
+
+async fn watch_with<K: Cached>(
+    api: Api<K>,
+    config: watcher::Config,
+    shared: SharedCluster,
+    mut tap: Option<Tap<K>>,
+) {
     use kube::runtime::WatchStreamExt;
     let mut initial = Vec::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         if let (Some(tap), Ok(event)) = (tap.as_mut(), &event) {
             tap(event);

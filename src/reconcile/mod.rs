@@ -175,11 +175,18 @@ pub struct Prepared {
 impl Prepared {
     /// The reconciler's share of the webhook's watches (one watch per kind).
     pub fn taps(&self) -> crate::cluster::Taps {
-        let (services, nodes) = (self.store.clone(), self.store.clone());
+        let (services, nodes, proxies) =
+            (self.store.clone(), self.store.clone(), self.store.clone());
         crate::cluster::Taps {
             services: Some(Box::new(move |e| services.service_event(e))),
             nodes: Some(Box::new(move |e| nodes.node_event(e))),
+            proxies: Some(std::sync::Arc::new(move || proxies.proxy_event())),
         }
+    }
+
+    /// The webhook's watched view: each pass reads the proxies from it.
+    pub fn attach(&self, cluster: &crate::cluster::SharedCluster) {
+        self.store.attach(cluster.clone());
     }
 }
 

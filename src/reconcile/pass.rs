@@ -225,13 +225,22 @@ pub async fn reconcile(
     let pass = Pass {
         namespace,
         snapshot,
-        cluster: RoutingCluster::from_objects(
-            &snapshot.services,
-            &snapshot.nodes,
-            &snapshot.pods,
-            namespace,
-            settings.decision.clone(),
-        ),
+        cluster: {
+            let mut cluster = RoutingCluster::from_objects(
+                &snapshot.services,
+                &snapshot.nodes,
+                &snapshot.pods,
+                namespace,
+                settings.decision.clone(),
+            );
+            let also: Vec<&str> = snapshot
+                .proxy_namespace
+                .iter()
+                .map(String::as_str)
+                .collect();
+            cluster.state.adopt_proxies(&snapshot.proxies, &also);
+            cluster
+        },
         settings,
         reporter,
     };

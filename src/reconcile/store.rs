@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::decision::nodes::NodeSelector;
 use crate::decision::pod::{self as pod_facts, Recognition, Role, MANAGED_LABEL};
-use crate::decision::view::{NodeView, ServiceView};
+use crate::decision::view::{ClusterState, NodeView, ServiceView};
 
 /// What changed, for the reconcile loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +71,10 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub nodes: Vec<Node>,
+    /// Gateways, TCPRoutes, the tcp-services ConfigMap and the ingress-nginx controller's
+    /// Services, from the webhook's watches; with the namespace those Services are in.
+    pub proxies: ClusterState,
+    pub proxy_namespace: Option<String>,
 }
 
 #[derive(Clone)]
@@ -79,6 +83,8 @@ pub struct Store {
     recognition: Recognition,
     scope: Arc<Scope>,
     signals: mpsc::UnboundedSender<Signal>,
+    /// The webhook's view, for the proxies (set once its watches start).
+    cluster: Arc<std::sync::OnceLock<crate::cluster::SharedCluster>>,
 }
 
 impl Store {
@@ -89,6 +95,7 @@ impl Store {
             recognition,
             scope: Arc::new(scope),
             signals,
+            cluster: Arc::default(),
         };
         (store, rx)
     }
@@ -128,6 +135,11 @@ impl Store {
     }
 
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
+        let (proxies, proxy_namespace) = self
+            .cluster
+            .get()
+            .map(crate::cluster::SharedCluster::proxy_view)
+            .unwrap_or_default();
         let objects = self.lock();
         let mut pods: BTreeMap<String, Pod> = objects
             .unlabelled
@@ -144,7 +156,19 @@ impl Store {
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default(),
             nodes: objects.nodes.values().cloned().collect(),
+            proxies,
+            proxy_namespace,
         }
+    }
+
+    /// The webhook's watched view, whose proxies each snapshot carries.
+    pub fn attach(&self, cluster: crate::cluster::SharedCluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// A proxy changed: every served namespace may have moved.
+    pub fn proxy_event(&self) {
+        self.signal(Signal::AllNamespaces);
     }
 
     /// Is this a Memgraph HA pod the reconciler serves, as the webhook recognises one?

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
-use crate::decision::address::{self, Resolution};
+use crate::decision::address::Resolution;
+use crate::decision::exposure::{self, Exposure, Located};
 use crate::decision::nodes::NodeRules;
 use crate::decision::pod::{self as pod_facts, Version, SERVICE_ANNOTATION};
-use crate::decision::service::{self, ServiceChoice};
 use crate::decision::view::{ClusterState, NodeView, ServiceView};
 use crate::decision::{Config, ADDRESS_ANNOTATION};
 
@@ -373,28 +373,29 @@ impl RoutingCluster {
             }
             Err(e) => return External::Unknown(format!("pod {namespace}/{}: {e}", info.name)),
         };
-        let (svc, port) = match service::choose(
+        let exposure = match exposure::locate(
             &self.state,
             namespace,
             &pod,
             &mg,
             pod.annotation(SERVICE_ANNOTATION),
+            self.config.ingress_nginx.as_ref(),
         ) {
-            ServiceChoice::Chosen { service, port, .. } => (service, port),
-            ServiceChoice::NoCandidate => {
+            Located::Exposed { exposure, .. } => exposure,
+            Located::NotExposed => {
                 return External::Unknown(format!(
-                    "no NodePort or LoadBalancer Service in {namespace} exposes the Bolt port {} of pod {} (expected {bolt_port})",
+                    "nothing in {namespace} exposes the Bolt port {} of pod {} (expected {bolt_port}): no NodePort or LoadBalancer Service selects it, and no TCPRoute or ingress-nginx tcp-services entry names a Service that does",
                     mg.bolt_port,
                     info.name
                 ))
             }
-            ServiceChoice::NamedMissing(name) => {
+            Located::NamedMissing(name) => {
                 return External::Unknown(format!(
                     "pod {} names Service {name} in {SERVICE_ANNOTATION}, which does not exist",
                     info.name
                 ))
             }
-            ServiceChoice::NamedUnqualified(name, why) => {
+            Located::NamedUnqualified(name, why) => {
                 return External::Unknown(format!(
                     "pod {} names Service {name} in {SERVICE_ANNOTATION}, which cannot expose it: {why}",
                     info.name
@@ -405,20 +406,25 @@ impl RoutingCluster {
         let mut rules = NodeRules::new(&self.config.node_address_types, &self.config.node_selector);
         rules.keep_host = keep;
         rules.pod_node = pod.node_name();
-        describe(svc, address::resolve(&self.state, svc, port, &rules))
+        describe(&exposure, exposure.resolve(&self.state, &rules))
     }
 }
 
-fn describe(svc: &ServiceView, resolution: Resolution) -> External {
+fn describe(exposure: &Exposure<'_>, resolution: Resolution) -> External {
     match resolution {
         Resolution::Resolved(ext) => External::Found {
             address: ext.address(),
-            source: format!(
-                "Service {}/{}, {}",
-                svc.namespace,
-                svc.name,
-                ext.source.describe()
-            ),
+            source: match exposure {
+                Exposure::Service { service, .. } => format!(
+                    "Service {}/{}, {}",
+                    service.namespace,
+                    service.name,
+                    ext.source.describe()
+                ),
+                Exposure::Proxied(proxied) => {
+                    format!("{}, {}", proxied.describe(), ext.source.describe())
+                }
+            },
         },
         Resolution::Pending(why) => External::Unknown(why),
         // An unusable host is never written.

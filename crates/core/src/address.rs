@@ -17,7 +17,14 @@ pub enum HostSource {
     LoadBalancerIp,
     LoadBalancerHostname,
     ExternalIps,
-    Node { name: String, address_type: String },
+    Node {
+        name: String,
+        address_type: String,
+    },
+    /// A Gateway's `status.addresses` entry of this type (IPAddress or Hostname).
+    GatewayAddress {
+        kind: String,
+    },
 }
 
 impl HostSource {
@@ -33,6 +40,7 @@ impl HostSource {
             HostSource::LoadBalancerHostname => "status.loadBalancer.ingress hostname".into(),
             HostSource::ExternalIps => "spec.externalIPs".into(),
             HostSource::Node { name, address_type } => format!("Node {name} {address_type}"),
+            HostSource::GatewayAddress { kind } => format!("status.addresses {kind}"),
         }
     }
 }
@@ -96,12 +104,59 @@ fn node_address_not_a_host<'a>(
 
 /// Checks a host taken from the cluster, naming the Service and the field in the error.
 fn checked(svc: &ServiceView, field: &str, host: &str) -> Result<(), String> {
-    validate_host(host).map(|_| ()).map_err(|why| {
-        format!(
-            "Service {}/{}: {field} is not a usable host: {why}",
-            svc.namespace, svc.name
-        )
-    })
+    checked_for(
+        &format!("Service {}/{}", svc.namespace, svc.name),
+        field,
+        host,
+    )
+}
+
+fn checked_for(owner: &str, field: &str, host: &str) -> Result<(), String> {
+    validate_host(host)
+        .map(|_| ())
+        .map_err(|why| format!("{owner}: {field} is not a usable host: {why}"))
+}
+
+/// The host an operator named on an object (a Service, a Gateway, a TCPRoute): our host
+/// annotation, else external-dns' (a comma-separated list; wildcard entries name no single
+/// host and are skipped with a warning). `None` when neither names one; an error names the
+/// object, the annotation and the value. `fallback` says what is used instead.
+pub(crate) fn annotated_host(
+    owner_short: &str,
+    owner: &str,
+    host_annotation: Option<&str>,
+    dns_annotation: Option<&str>,
+    fallback: &str,
+    warnings: &mut Vec<Warning>,
+) -> Option<Result<(String, HostSource), String>> {
+    if let Some(host) = host_annotation {
+        let field = format!("annotation {}", super::view::EXTERNAL_HOST_ANNOTATION);
+        return Some(
+            checked_for(owner, &field, host)
+                .map(|_| (host.to_string(), HostSource::HostAnnotation)),
+        );
+    }
+    let list = dns_annotation?;
+    let mut entries = list.split(',').map(str::trim).filter(|h| !h.is_empty());
+    match entries.find(|h| !matches!(validate_host(h), Err(HostError::Wildcard(_)))) {
+        Some(host) => {
+            let field = format!("annotation {}", super::view::EXTERNAL_DNS_ANNOTATION);
+            Some(
+                checked_for(owner, &field, host)
+                    .map(|_| (host.to_string(), HostSource::ExternalDnsAnnotation)),
+            )
+        }
+        None => {
+            warnings.push(Warning::new(
+                format!("{owner_short}: external-dns lists only wildcards; using the {fallback} address"),
+                format!(
+                    "{owner} has annotation {} with only wildcard entries ({list}), which name no host a client can dial; the address comes from the {fallback} address instead",
+                    super::view::EXTERNAL_DNS_ANNOTATION,
+                ),
+            ));
+            None
+        }
+    }
 }
 
 pub use crate::hostport::is_ipv6_literal;
@@ -163,46 +218,17 @@ pub fn resolve(
         })
     };
 
-    if let Some(host) = &svc.external_host_annotation {
-        if let Err(why) = checked(
-            svc,
-            &format!("annotation {}", super::view::EXTERNAL_HOST_ANNOTATION),
-            host,
-        ) {
-            return Resolution::Unusable(why);
-        }
-        return found(host, HostSource::HostAnnotation, warnings);
-    }
-    if let Some(list) = svc.external_dns_annotation.as_deref() {
-        // external-dns takes a comma-separated list; wildcard entries name no single host.
-        let mut entries = list.split(',').map(str::trim).filter(|h| !h.is_empty());
-        let concrete = entries.find(|h| !matches!(validate_host(h), Err(HostError::Wildcard(_))));
-        match concrete {
-            Some(host) => {
-                if let Err(why) = checked(
-                    svc,
-                    &format!("annotation {}", super::view::EXTERNAL_DNS_ANNOTATION),
-                    host,
-                ) {
-                    return Resolution::Unusable(why);
-                }
-                return found(host, HostSource::ExternalDnsAnnotation, warnings);
-            }
-            None => warnings.push(Warning::new(
-                format!(
-                    "Service {}: external-dns lists only wildcards; using the {} address",
-                    svc.name,
-                    svc.type_.as_str()
-                ),
-                format!(
-                    "Service {}/{} has annotation {} with only wildcard entries ({list}), which name no host a client can dial; the address comes from the Service's {} address instead",
-                    svc.namespace,
-                    svc.name,
-                    super::view::EXTERNAL_DNS_ANNOTATION,
-                    svc.type_.as_str()
-                ),
-            )),
-        }
+    match annotated_host(
+        &format!("Service {}", svc.name),
+        &format!("Service {}/{}", svc.namespace, svc.name),
+        svc.external_host_annotation.as_deref(),
+        svc.external_dns_annotation.as_deref(),
+        svc.type_.as_str(),
+        &mut warnings,
+    ) {
+        Some(Ok((host, source))) => return found(&host, source, warnings),
+        Some(Err(why)) => return Resolution::Unusable(why),
+        None => {}
     }
     match svc.type_ {
         ServiceType::LoadBalancer => {

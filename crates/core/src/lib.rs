@@ -7,10 +7,12 @@
 #![deny(rust_2018_idioms)]
 
 pub mod address;
+pub mod exposure;
 pub mod hostport;
 pub mod nodes;
 pub mod patch;
 pub mod pod;
+pub mod proxy;
 pub mod review;
 pub mod service;
 pub mod state;
@@ -21,9 +23,9 @@ use std::collections::BTreeMap;
 use json_patch::PatchOperation;
 
 use address::{ExternalAddress, Resolution};
+use exposure::{Exposure, Located};
 use hostport::is_ipv6_literal;
 use pod::{MemgraphPod, Pod, Recognition, Role, Version};
-use service::ServiceChoice;
 use view::{ClusterState, ServiceView};
 
 pub const ADDRESS_ANNOTATION: &str = "memgraph-address-injector/bolt-address";
@@ -140,6 +142,8 @@ pub struct Config {
     /// Which Nodes may carry a NodePort address.
     pub node_selector: nodes::NodeSelector,
     pub coordinator_flag: Option<FlagTemplate>,
+    /// ingress-nginx's tcp-services ConfigMap and controller Service (`None`: not read).
+    pub ingress_nginx: Option<proxy::IngressNginx>,
 }
 
 impl Default for Config {
@@ -156,6 +160,7 @@ impl Default for Config {
             node_address_types: vec!["ExternalIP".into(), "InternalIP".into()],
             node_selector: nodes::NodeSelector::default(),
             coordinator_flag: None,
+            ingress_nginx: Some(proxy::IngressNginx::default()),
         }
     }
 }
@@ -425,20 +430,26 @@ pub fn decide_pod(
     let pod_name = pod.display_name();
 
     let named = pod.annotation(pod::SERVICE_ANNOTATION);
-    let (service, port) = match service::choose(cluster, namespace, pod, &mg, named) {
-        ServiceChoice::Chosen {
-            service,
-            port,
+    let exposure = match exposure::locate(
+        cluster,
+        namespace,
+        pod,
+        &mg,
+        named,
+        config.ingress_nginx.as_ref(),
+    ) {
+        Located::Exposed {
+            exposure,
             ambiguity,
         } => {
             decision.warnings.extend(ambiguity);
-            (service, port)
+            exposure
         }
-        ServiceChoice::NoCandidate => {
+        Located::NotExposed => {
             decision.outcome = Outcome::NotExposed;
             return decision;
         }
-        ServiceChoice::NamedMissing(name) => {
+        Located::NamedMissing(name) => {
             decision.outcome = Outcome::NamedServiceMissing;
             decision.denial = Some(format!(
                 "memgraph-address-injector: pod {pod_name} names Service {name} in annotation {}, but no Service {name} exists in namespace {namespace}",
@@ -446,7 +457,7 @@ pub fn decide_pod(
             ));
             return decision;
         }
-        ServiceChoice::NamedUnqualified(name, why) => {
+        Located::NamedUnqualified(name, why) => {
             decision.outcome = Outcome::Denied;
             decision.denial = Some(format!(
                 "memgraph-address-injector: pod {pod_name} names Service {name} in annotation {}, but Service {name} cannot expose its Bolt port {}: {why}",
@@ -460,7 +471,7 @@ pub fn decide_pod(
     let mut rules = nodes::NodeRules::new(&config.node_address_types, &config.node_selector);
     // A pod created with spec.nodeName is already placed.
     rules.pod_node = pod.node_name();
-    let ext = match address::resolve(cluster, service, port, &rules) {
+    let ext = match exposure.resolve(cluster, &rules) {
         Resolution::Resolved(ext) => ext,
         Resolution::Pending(missing) => {
             decision.outcome = Outcome::Pending;
@@ -487,8 +498,8 @@ pub fn decide_pod(
                 }
                 OnPending::Allow => decision.warnings.push(Warning::new(
                     format!(
-                        "Service {}: unusable host; admitted without an address",
-                        service.name
+                        "{}: unusable host; admitted without an address",
+                        exposure.short_name()
                     ),
                     format!("pod {pod_name} admitted without an external Bolt address: {why}"),
                 )),
@@ -498,19 +509,14 @@ pub fn decide_pod(
     };
     decision.warnings.extend(ext.warnings.iter().cloned());
     let address = ext.address();
-    let source = format!(
-        "{} Service {} ({})",
-        service.type_.as_str(),
-        service.name,
-        ext.source.describe()
-    );
+    let source = exposure.source(&ext);
 
     let index = mg.container_index;
     let mut env = vec![(config.env_name.as_str(), address.as_str())];
     let mut flags: Vec<(String, String)> = Vec::new();
     if mg.role == Role::Coordinator {
         if (HOSTNAME_FLAG_FROM..HOSTNAME_FLAG_UNTIL).contains(&mg.version) {
-            match hostname_rewrite_blocker(&mg, service, &ext, pod) {
+            match hostname_rewrite_blocker(&mg, &exposure, &ext, pod) {
                 None if mg.env_configured => {
                     env.push(("MEMGRAPH_COORDINATOR_HOSTNAME", ext.host.as_str()));
                 }
@@ -586,10 +592,24 @@ fn blocker(summary: impl Into<String>, detail: String) -> Option<Blocker> {
 
 fn hostname_rewrite_blocker(
     mg: &MemgraphPod<'_, '_>,
-    service: &ServiceView,
+    exposure: &Exposure<'_>,
     ext: &ExternalAddress,
     pod: &Pod<'_>,
 ) -> Option<Blocker> {
+    let service: &ServiceView = match exposure {
+        Exposure::Service { service, .. } => service,
+        // A TCP proxy carries the Bolt port only; the Raft ports behind the same host
+        // cannot be proven.
+        Exposure::Proxied(_) => {
+            return blocker(
+                format!("Bolt reaches it through {}", exposure.short_name()),
+                format!(
+                    "its Bolt port reaches clients through {}, which carries no coordinator or management port, so Raft traffic cannot follow the external host",
+                    exposure.short_name()
+                ),
+            )
+        }
+    };
     if ext.port != mg.bolt_port {
         return blocker(
             format!("external port {} is not Bolt port {}", ext.port, mg.bolt_port),

@@ -73,6 +73,16 @@ pub fn qualify<'c>(
     if svc.headless {
         return Err(Unqualified::Headless);
     }
+    selects(svc, pod)?;
+    svc.ports
+        .iter()
+        .find(|p| port_reaches(p, bolt_port, pod))
+        .ok_or(Unqualified::NoBoltPort(bolt_port))
+}
+
+/// Does the Service's selector pick this pod? (An empty selector picks nothing: its
+/// endpoints are managed by hand.)
+pub fn selects(svc: &ServiceView, pod: &Pod<'_>) -> Result<(), Unqualified> {
     if svc.selector.is_empty() {
         return Err(Unqualified::EmptySelector);
     }
@@ -84,10 +94,7 @@ pub fn qualify<'c>(
             });
         }
     }
-    svc.ports
-        .iter()
-        .find(|p| port_reaches(p, bolt_port, pod))
-        .ok_or(Unqualified::NoBoltPort(bolt_port))
+    Ok(())
 }
 
 pub fn choose<'c>(

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::proxy::{ConfigMapView, GatewayView, TcpRouteView};
 use crate::view::{ClusterState, NodeView, ServiceView};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -58,7 +59,8 @@ pub fn parse_documents(text: &str, path: &str) -> Result<Vec<serde_json::Value>,
 }
 
 /// Builds a cluster view from `kubectl get svc,nodes -A -o yaml` output or documents of
-/// Services and Nodes. Other kinds are skipped.
+/// Services and Nodes, and the proxies in front of them (Gateways, TCPRoutes, ConfigMaps).
+/// Other kinds are skipped.
 pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateError> {
     let mut state = ClusterState::default();
     visit_objects(text, path, |object| {
@@ -74,6 +76,17 @@ pub fn state_from_text(text: &str, path: &str) -> Result<ClusterState, StateErro
                 let view = NodeView::from_node(&node)
                     .ok_or_else(|| object.bad("it has no metadata.name"))?;
                 state.upsert_node(view);
+            }
+            "Gateway" | "TCPRoute" | "ConfigMap" => {
+                let value: serde_json::Value = object.decode()?;
+                let bad = |e: crate::proxy::ReadError| object.bad(&e.to_string());
+                match object.kind {
+                    "Gateway" => state.upsert_gateway(GatewayView::from_value(value).map_err(bad)?),
+                    "TCPRoute" => {
+                        state.upsert_tcp_route(TcpRouteView::from_value(value).map_err(bad)?)
+                    }
+                    _ => state.upsert_config_map(ConfigMapView::from_value(value).map_err(bad)?),
+                }
             }
             _ => {}
         }

@@ -1196,3 +1196,214 @@ fn the_2_22_hostname_warning_names_the_service_and_the_missing_port_first() {
         "{head}"
     );
 }
+
+fn state_text(yaml: &str) -> ClusterState {
+    crate::state::state_from_text(yaml, "test").unwrap()
+}
+
+#[test]
+fn gateway_api_gives_the_gateway_address_and_the_listener_port() {
+    let r = run("pods/data-3x.yaml", "gateway.yaml");
+    assert_eq!(r.decision.outcome, Outcome::Injected);
+    // IPv4 first among the IPAddress entries, which come before a Hostname.
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("203.0.113.80:9000")
+    );
+    assert_eq!(
+        r.annotation(SOURCE_ANNOTATION),
+        Some("Gateway memgraph/memgraph-gateway listener data-0-bolt (TCPRoute memgraph-data-0-bolt to Service memgraph-data-0) (status.addresses IPAddress)")
+    );
+    let c = run("pods/coordinator-3x.yaml", "gateway.yaml");
+    assert_eq!(
+        c.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("203.0.113.80:10001")
+    );
+}
+
+#[test]
+fn a_pending_gateway_a_missing_listener_and_a_hostname_only_gateway() {
+    let yaml = fixture("states/gateway.yaml");
+    // Not programmed yet: pending, naming the Gateway.
+    let unprogrammed =
+        yaml.split("status:").next().unwrap().to_string() + &yaml[yaml.find("---").unwrap()..];
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&unprogrammed),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    let denial = r.decision.denial.clone().unwrap();
+    assert!(
+        denial.contains(
+            "Gateway memgraph/memgraph-gateway has no IPAddress or Hostname in status.addresses"
+        ),
+        "{denial}"
+    );
+    // The route names a listener the Gateway lacks.
+    let wrong = yaml.replace("sectionName: data-0-bolt", "sectionName: data-9-bolt");
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&wrong),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    assert!(
+        r.decision
+            .denial
+            .clone()
+            .unwrap()
+            .contains("has no such TCP listener"),
+        "{:?}",
+        r.decision.denial
+    );
+    // Only a Hostname, and a Hostname that is not a host.
+    let hostname = yaml
+        .replace("    - {type: IPAddress, value: \"2001:db8::5\"}\n", "")
+        .replace("    - {type: IPAddress, value: 203.0.113.80}\n", "");
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&hostname),
+        &Config::default(),
+    );
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("gw.example.com:9000")
+    );
+    let bad = hostname.replace("gw.example.com", "gw.example.com:443");
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&bad),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::InvalidHost);
+    assert!(r.env_value(DEFAULT_ENV_NAME).is_none());
+}
+
+#[test]
+fn external_dns_on_the_route_wins_over_the_gateway_and_its_addresses() {
+    let yaml = fixture("states/gateway.yaml");
+    let on_gateway = yaml.replace(
+        "metadata: {name: memgraph-gateway, namespace: memgraph}",
+        "metadata: {name: memgraph-gateway, namespace: memgraph, annotations: {external-dns.alpha.kubernetes.io/hostname: \"*.example.com,bolt.example.com\"}}",
+    );
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&on_gateway),
+        &Config::default(),
+    );
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("bolt.example.com:9000")
+    );
+    let on_route = on_gateway.replace(
+        "metadata: {name: memgraph-data-0-bolt, namespace: memgraph, labels: {app: memgraph-data-0}}",
+        "metadata: {name: memgraph-data-0-bolt, namespace: memgraph, labels: {app: memgraph-data-0}, annotations: {external-dns.alpha.kubernetes.io/hostname: data-0.example.com}}",
+    );
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&on_route),
+        &Config::default(),
+    );
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("data-0.example.com:9000")
+    );
+    assert!(r
+        .annotation(SOURCE_ANNOTATION)
+        .unwrap()
+        .ends_with("(annotation external-dns.alpha.kubernetes.io/hostname)"));
+}
+
+#[test]
+fn a_nodeport_service_beats_the_gateway_and_a_route_elsewhere_is_not_read() {
+    let mut yaml = fixture("states/gateway.yaml");
+    yaml.push_str("\n---\n");
+    yaml.push_str(&fixture("states/nodeport.yaml"));
+    let both = state_text(&yaml);
+    let r = run_with(
+        pod_value("pods/coordinator-3x.yaml"),
+        &both,
+        &Config::default(),
+    );
+    assert!(
+        r.annotation(SOURCE_ANNOTATION)
+            .unwrap()
+            .starts_with("NodePort Service"),
+        "{:?}",
+        r.annotation(SOURCE_ANNOTATION)
+    );
+    // A TCPRoute in another namespace needs a ReferenceGrant, which is not read.
+    let elsewhere = fixture("states/gateway.yaml").replace(
+        "metadata: {name: memgraph-data-0-bolt, namespace: memgraph,",
+        "metadata: {name: memgraph-data-0-bolt, namespace: tenant,",
+    );
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&elsewhere),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::NotExposed);
+}
+
+#[test]
+fn ingress_nginx_gives_the_controller_address_and_the_entry_port() {
+    let r = run("pods/data-3x.yaml", "ingress-nginx.yaml");
+    assert_eq!(r.decision.outcome, Outcome::Injected);
+    assert_eq!(
+        r.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("198.51.100.7:9000")
+    );
+    assert_eq!(
+        r.annotation(SOURCE_ANNOTATION),
+        Some("ingress-nginx ingress-nginx/tcp-services port 9000 (LoadBalancer ingress-nginx/ingress-nginx-controller to Service memgraph-data-0) (status.loadBalancer.ingress ip)")
+    );
+    let c = run("pods/coordinator-3x.yaml", "ingress-nginx.yaml");
+    assert_eq!(
+        c.env_value(DEFAULT_ENV_NAME).as_deref(),
+        Some("198.51.100.7:10001")
+    );
+    // Turned off, or pointed at another ConfigMap: not exposed.
+    let off = Config {
+        ingress_nginx: None,
+        ..Config::default()
+    };
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state("ingress-nginx.yaml"),
+        &off,
+    );
+    assert_eq!(r.decision.outcome, Outcome::NotExposed);
+}
+
+#[test]
+fn ingress_nginx_without_its_controller_ip_is_pending_and_a_bad_entry_is_skipped() {
+    let yaml = fixture("states/ingress-nginx.yaml");
+    let pending = yaml.replace("    ingress: [{ip: 198.51.100.7}]\n", "    ingress: []\n");
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&pending),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    assert!(r.decision.denial.clone().unwrap().contains(
+        "LoadBalancer Service ingress-nginx-controller has no status.loadBalancer.ingress"
+    ));
+    // The entry's port is not on the controller's Service.
+    let unexposed = yaml.replace("\"9000\": memgraph", "\"9100\": memgraph");
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&unexposed),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::Pending);
+    assert!(r.decision.denial.clone().unwrap().contains("TCP port 9100"));
+    // A malformed entry is not a route to anything.
+    let malformed = yaml.replace("memgraph/memgraph-data-0:7687", "memgraph-data-0");
+    let r = run_with(
+        pod_value("pods/data-3x.yaml"),
+        &state_text(&malformed),
+        &Config::default(),
+    );
+    assert_eq!(r.decision.outcome, Outcome::NotExposed);
+}

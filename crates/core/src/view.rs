@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::proxy::{ConfigMapView, GatewayView, ObjectName, TcpRouteView};
+
 /// Annotation an operator sets on a Service to name the host clients should use.
 pub const EXTERNAL_HOST_ANNOTATION: &str = "memgraph-address-injector/external-host";
 /// external-dns' annotation; the chart sets it per instance when asked to.
@@ -202,6 +204,27 @@ pub fn resource_version(text: Option<&str>) -> u64 {
 pub struct ClusterState {
     services: HashMap<String, BTreeMap<String, ServiceView>>,
     nodes: BTreeMap<String, NodeView>,
+    /// The proxies that may carry Bolt (`proxy`): few objects, kept whole.
+    gateways: BTreeMap<ObjectName, GatewayView>,
+    tcp_routes: BTreeMap<String, BTreeMap<String, TcpRouteView>>,
+    config_maps: BTreeMap<ObjectName, ConfigMapView>,
+}
+
+fn key(namespace: &str, name: &str) -> ObjectName {
+    ObjectName {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+/// Inserts unless the map holds a newer copy (0: a state file, no version).
+fn upsert_versioned<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, v: V, rv: impl Fn(&V) -> u64) {
+    match map.get(&k) {
+        Some(cached) if rv(&v) != 0 && rv(cached) > rv(&v) => {}
+        _ => {
+            map.insert(k, v);
+        }
+    }
 }
 
 impl ClusterState {
@@ -246,16 +269,115 @@ impl ClusterState {
     /// namespace's Services exactly as a live list returned them. The cache itself is never
     /// written from a list (only the watch writes it), so a list taken before a delete can
     /// never bring the deleted Service back.
-    pub fn with_live_namespace(&self, namespace: &str, services: Vec<ServiceView>) -> Self {
+    /// `also` names namespaces whose cached Services come along (a proxy's own Service,
+    /// such as the ingress-nginx controller's); the proxies come along whole.
+    pub fn with_live_namespace(
+        &self,
+        namespace: &str,
+        services: Vec<ServiceView>,
+        also: &[&str],
+    ) -> Self {
         let listed: BTreeMap<String, ServiceView> = services
             .into_iter()
             .filter(|s| s.namespace == namespace)
             .map(|s| (s.name.clone(), s))
             .collect();
-        Self {
-            services: HashMap::from([(namespace.to_string(), listed)]),
-            nodes: self.nodes.clone(),
+        let mut all = HashMap::from([(namespace.to_string(), listed)]);
+        for other in also.iter().filter(|o| **o != namespace) {
+            if let Some(cached) = self.services.get(*other) {
+                all.insert(other.to_string(), cached.clone());
+            }
         }
+        Self {
+            services: all,
+            nodes: self.nodes.clone(),
+            gateways: self.gateways.clone(),
+            tcp_routes: self.tcp_routes.clone(),
+            config_maps: self.config_maps.clone(),
+        }
+    }
+
+    /// The proxies of `other` (Gateways, TCPRoutes, ConfigMaps), and its Services of the
+    /// namespaces in `also`, replace this view's: the reconciler's view of one namespace
+    /// takes them from the webhook's watches.
+    pub fn adopt_proxies(&mut self, other: &ClusterState, also: &[&str]) {
+        self.gateways = other.gateways.clone();
+        self.tcp_routes = other.tcp_routes.clone();
+        self.config_maps = other.config_maps.clone();
+        for ns in also {
+            if let Some(cached) = other.services.get(*ns) {
+                self.services.insert(ns.to_string(), cached.clone());
+            }
+        }
+    }
+
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<&GatewayView> {
+        self.gateways.get(&key(namespace, name))
+    }
+
+    pub fn tcp_routes_in<'s>(&'s self, namespace: &str) -> impl Iterator<Item = &'s TcpRouteView> {
+        self.tcp_routes
+            .get(namespace)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    pub fn config_map(&self, name: &ObjectName) -> Option<&ConfigMapView> {
+        self.config_maps.get(name)
+    }
+
+    pub fn upsert_gateway(&mut self, gw: GatewayView) {
+        let k = key(&gw.namespace, &gw.name);
+        upsert_versioned(&mut self.gateways, k, gw, |g| g.resource_version);
+    }
+
+    pub fn remove_gateway(&mut self, namespace: &str, name: &str) {
+        self.gateways.remove(&key(namespace, name));
+    }
+
+    pub fn replace_all_gateways(&mut self, gateways: Vec<GatewayView>) {
+        self.gateways.clear();
+        gateways.into_iter().for_each(|g| self.upsert_gateway(g));
+    }
+
+    pub fn upsert_tcp_route(&mut self, route: TcpRouteView) {
+        let ns = self.tcp_routes.entry(route.namespace.clone()).or_default();
+        upsert_versioned(ns, route.name.clone(), route, |r| r.resource_version);
+    }
+
+    pub fn remove_tcp_route(&mut self, namespace: &str, name: &str) {
+        if let Some(m) = self.tcp_routes.get_mut(namespace) {
+            m.remove(name);
+            if m.is_empty() {
+                self.tcp_routes.remove(namespace);
+            }
+        }
+    }
+
+    pub fn replace_all_tcp_routes(&mut self, routes: Vec<TcpRouteView>) {
+        self.tcp_routes.clear();
+        routes.into_iter().for_each(|r| self.upsert_tcp_route(r));
+    }
+
+    pub fn upsert_config_map(&mut self, cm: ConfigMapView) {
+        let k = key(&cm.namespace, &cm.name);
+        upsert_versioned(&mut self.config_maps, k, cm, |c| c.resource_version);
+    }
+
+    pub fn remove_config_map(&mut self, namespace: &str, name: &str) {
+        self.config_maps.remove(&key(namespace, name));
+    }
+
+    pub fn replace_all_config_maps(&mut self, maps: Vec<ConfigMapView>) {
+        self.config_maps.clear();
+        maps.into_iter().for_each(|c| self.upsert_config_map(c));
+    }
+
+    /// Gateways, TCPRoutes and ConfigMaps held.
+    pub fn proxy_object_count(&self) -> usize {
+        self.gateways.len()
+            + self.tcp_routes.values().map(|m| m.len()).sum::<usize>()
+            + self.config_maps.len()
     }
 
     pub fn replace_all_services(&mut self, services: Vec<ServiceView>) {
@@ -339,7 +461,7 @@ mod tests {
         });
         let list_taken_before_delete = vec![svc("gone", 5, 1)];
         cache.remove_service("ns", "gone");
-        let live = cache.with_live_namespace("ns", list_taken_before_delete);
+        let live = cache.with_live_namespace("ns", list_taken_before_delete, &[]);
         // The request that asked sees what the list saw ...
         assert!(live.service("ns", "gone").is_some());
         assert_eq!(live.node_count(), 1);
