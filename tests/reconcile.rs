@@ -1331,3 +1331,306 @@ fn credentials_go_nowhere_unless_the_operator_says_where_and_how() {
         assert_eq!(stderr.trim().lines().count(), 1, "{extra:?}: {stderr}");
     }
 }
+
+/// The chart's listener (Gateway) or tcp-services (ingress-nginx) port of an instance:
+/// dataPortBase 9000 + id, coordinatorPortBase 10000 + id (chart 1.3.3 values.yaml).
+fn proxy_port(sts: &str) -> u16 {
+    let id: u16 = sts.rsplit('-').next().unwrap().parse().unwrap();
+    if sts.contains("coordinator") {
+        10000 + id
+    } else {
+        9000 + id
+    }
+}
+
+fn gateway_api(client: &Client, version: &str, kind: &str) -> Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", version, kind);
+    Api::namespaced_with(client.clone(), NS, &kube::api::ApiResource::from_gvk(&gvk))
+}
+
+/// The chart's cluster in its Gateway API mode (templates/gateway.yaml, chart 1.3.3): the
+/// instances' in-cluster ClusterIP Services, a Gateway with a TCP listener per instance at
+/// portBase+id, and a v1alpha2 TCPRoute per instance to its Service, against the real CRDs
+/// (sigs.k8s.io/gateway-api v1.6.3, experimental channel). No Gateway controller runs: the
+/// Gateway has no address until the test gives it one, as a controller would, late.
+async fn proxied_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(dir.path());
+    let client = plane.client().await;
+    namespace(&client, NS).await;
+    namespace(&client, LEASE_NS).await;
+    // The webhook discovers the Gateway API at start: the CRDs come first.
+    support::helm::create_crds(&client).await;
+    node(
+        &client,
+        "node-a",
+        &[("InternalIP", "10.0.0.10"), ("ExternalIP", "127.0.11.1")],
+    )
+    .await;
+    let kubeconfig = plane.kubeconfig.display().to_string();
+    let admission_dir = dir.path().join("admission");
+    std::fs::create_dir_all(&admission_dir).unwrap();
+    let admission = start_webhook(
+        &admission_dir,
+        &["--on-pending", "allow"],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let health_port = admission.health_port;
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(30), "webhook readiness", || {
+            http_status(health_port, "/readyz") == Some(200)
+        })
+    })
+    .await
+    .unwrap();
+    register_webhook(&client, &admission).await;
+
+    let listeners: Vec<Value> = INSTANCES
+        .iter()
+        .map(|(sts, _, _, _)| {
+            let short = sts.trim_start_matches("memgraph-");
+            json!({"name": format!("{short}-bolt"), "protocol": "TCP", "port": proxy_port(sts),
+                   "allowedRoutes": {"kinds": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}]}})
+        })
+        .collect();
+    let gateway: kube::api::DynamicObject = from(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "memgraph-gateway", "namespace": NS},
+        "spec": {"gatewayClassName": "example", "listeners": listeners}
+    }));
+    gateway_api(&client, "v1", "Gateway")
+        .create(&PostParams::default(), &gateway)
+        .await
+        .expect("the chart's Gateway");
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    for (sts, role, _, _) in INSTANCES {
+        let short = sts.trim_start_matches("memgraph-");
+        let route: kube::api::DynamicObject = from(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+            "metadata": {"name": format!("memgraph-{short}-bolt"), "namespace": NS, "labels": {"app": sts}},
+            "spec": {
+                "parentRefs": [{"name": "memgraph-gateway", "namespace": NS, "sectionName": format!("{short}-bolt")}],
+                "rules": [{"backendRefs": [{"name": sts, "port": 7687}]}]
+            }
+        }));
+        gateway_api(&client, "v1alpha2", "TCPRoute")
+            .create(&PostParams::default(), &route)
+            .await
+            .expect("the chart's TCPRoute");
+        // templates/services-data.yaml, services-coordinators.yaml: ClusterIP, by app.
+        let internal: Service = from(json!({"metadata": {"name": sts}, "spec": {
+            "selector": {"app": sts},
+            "ports": [{"name": "tcp-bolt-port", "protocol": "TCP", "port": 7687, "targetPort": 7687}]}}));
+        services
+            .create(&PostParams::default(), &internal)
+            .await
+            .unwrap();
+        let args = if role == "coordinator" {
+            coordinator_args(sts.rsplit('-').next().unwrap().parse().unwrap(), NS)
+        } else {
+            data_args()
+        };
+        sets.create(
+            &PostParams::default(),
+            &chart_statefulset(sts, role, "memgraph/memgraph:3.8.0", &args),
+        )
+        .await
+        .unwrap();
+    }
+    let server = TestServer::start(dir.path(), &INSTANCES, None);
+    for (sts, _, ip, _) in INSTANCES {
+        pod_running(&client, &format!("{sts}-0"), ip).await;
+    }
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    Cluster {
+        _dir: dir,
+        plane,
+        client,
+        server,
+        password_file,
+        _admission: admission,
+    }
+}
+
+fn all_at(now: &BTreeMap<String, String>, host: &str) -> bool {
+    INSTANCES
+        .iter()
+        .all(|(sts, _, _, name)| now.get(*name) == Some(&format!("{host}:{}", proxy_port(sts))))
+}
+
+/// The chart's Gateway API and IngressNginx modes (issue 17): the Gateway's address arrives
+/// after the pods started and the reconciler registers every instance at it, the listener
+/// port each; then the cluster moves to ingress-nginx (its tcp-services ConfigMap and the
+/// controller's LoadBalancer Service; the TCPRoutes deleted) and the registrations follow.
+/// Each time the neo4j driver outside writes and reads through the table it is handed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_are_followed() {
+    let _serial = SERIAL.lock().await;
+    let mut c = proxied_cluster().await;
+    let client = c.client.clone();
+    // The proxies' data planes: the Gateway's address and the ingress-nginx controller's
+    // LoadBalancer IP forward each port to its instance.
+    for (sts, _, _, name) in INSTANCES {
+        for host in ["127.0.13.1", "127.0.14.1"] {
+            c.server
+                .command(&format!("alias {name} {host}:{}", proxy_port(sts)));
+        }
+    }
+    let _reconciler = start_reconciler(&c, "replica-a", true);
+    // No Gateway address yet: reported on the pod, nothing written.
+    let pending = wait_event(
+        &client,
+        "memgraph-data-0-0",
+        "RoutingAddressPending",
+        "status.addresses",
+    )
+    .await;
+    assert!(pending.contains("memgraph-gateway"), "{pending}");
+    assert!(
+        registered()
+            .await
+            .values()
+            .all(|b| b.contains(".svc.cluster.local")),
+        "written before the Gateway had an address"
+    );
+
+    // 1. The Gateway controller programs the Gateway.
+    let changed = Instant::now();
+    gateway_api(&client, "v1", "Gateway")
+        .patch_status(
+            "memgraph-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"addresses": [{"type": "IPAddress", "value": "127.0.13.1"}]}}),
+            ),
+        )
+        .await
+        .expect("the Gateway's status");
+    until("every instance at the Gateway's address", |now| {
+        all_at(now, "127.0.13.1")
+    })
+    .await;
+    eprintln!(
+        "late Gateway address corrected in {:.1?}",
+        changed.elapsed()
+    );
+    let mut driver = Driver::start("127.0.13.1:10001");
+    let (write, read) = driver.after_ttl().await;
+    assert_eq!(write, "127.0.13.1:9000", "the MAIN through the Gateway");
+    assert!(read.starts_with("127.0.13.1:900"), "{read}");
+    // The webhook decides a pod created now the same way: its StatefulSet's new pod gets
+    // the Gateway's address in its environment.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let old_uid = pods.get("memgraph-data-1-0").await.unwrap().metadata.uid;
+    pods.delete(
+        "memgraph-data-1-0",
+        &DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    let recreated = wait_for(
+        Duration::from_secs(60),
+        "memgraph-data-1-0 recreated",
+        || async {
+            pods.get_opt("memgraph-data-1-0")
+                .await
+                .ok()
+                .flatten()
+                .filter(|p| p.metadata.uid != old_uid)
+        },
+    )
+    .await;
+    let env = recreated.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "MEMGRAPH_EXTERNAL_BOLT_ADDRESS"
+                && e.value.as_deref() == Some("127.0.13.1:9001")),
+        "{env:?}"
+    );
+    pod_running(&client, "memgraph-data-1-0", "127.0.10.21").await;
+
+    // 2. ingress-nginx's TCP proxy is set up; while the TCPRoutes exist they win.
+    namespace(&client, "ingress-nginx").await;
+    let data: BTreeMap<String, String> = INSTANCES
+        .iter()
+        .map(|(sts, _, _, _)| (proxy_port(sts).to_string(), format!("{NS}/{sts}:7687")))
+        .collect();
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "ingress-nginx");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "tcp-services"}, "data": data})),
+        )
+        .await
+        .unwrap();
+    let ports: Vec<Value> = INSTANCES
+        .iter()
+        .map(|(sts, _, _, _)| {
+            let short = sts
+                .trim_start_matches("memgraph-")
+                .replace("coordinator", "coord");
+            json!({"name": format!("tcp-{short}"), "protocol": "TCP",
+                   "port": proxy_port(sts), "targetPort": proxy_port(sts)})
+        })
+        .collect();
+    let controllers: Api<Service> = Api::namespaced(client.clone(), "ingress-nginx");
+    controllers
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": "ingress-nginx-controller"},
+                "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                         "selector": {"app.kubernetes.io/name": "ingress-nginx"}, "ports": ports}})),
+        )
+        .await
+        .unwrap();
+    controllers
+        .patch_status(
+            "ingress-nginx-controller",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.0.14.1"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        all_at(&registered().await, "127.0.13.1"),
+        "a TCPRoute's Gateway gave way to ingress-nginx"
+    );
+    let changed = Instant::now();
+    let routes = gateway_api(&client, "v1alpha2", "TCPRoute");
+    for (sts, _, _, _) in INSTANCES {
+        let short = sts.trim_start_matches("memgraph-");
+        routes
+            .delete(&format!("memgraph-{short}-bolt"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    until(
+        "every instance at the ingress-nginx controller's IP",
+        |now| all_at(now, "127.0.14.1"),
+    )
+    .await;
+    eprintln!(
+        "move from the Gateway to ingress-nginx corrected in {:.1?}",
+        changed.elapsed()
+    );
+    let (write, read) = driver.after_ttl().await;
+    assert_eq!(write, "127.0.14.1:9000", "the MAIN through ingress-nginx");
+    assert!(read.starts_with("127.0.14.1:900"), "{read}");
+    let updated = wait_event(
+        &client,
+        "memgraph-data-0-0",
+        "RoutingAddressUpdated",
+        "→ 127.0.14.1:9000",
+    )
+    .await;
+    assert!(updated.contains("127.0.13.1:9000"), "{updated}");
+}
