@@ -124,6 +124,17 @@ fn renderings() -> Vec<(&'static str, Vec<&'static str>)> {
                 r#"networkPolicy.apiServer=[{"ipBlock":{"cidr":"10.0.0.10/32"}}]"#,
             ],
         ),
+        (
+            "ingress-nginx on, its own ConfigMap",
+            vec![
+                "--set",
+                "ingressNginx.enabled=true",
+                "--set",
+                "ingressNginx.tcpServices=edge/memgraph-tcp",
+                "--set",
+                "ingressNginx.controller=edge/edge-controller",
+            ],
+        ),
     ]
 }
 
@@ -230,6 +241,7 @@ fn renders_the_same_objects_as_the_kustomize_base() {
         role(&chart),
         json!([
             {"apiGroups": [""], "resources": ["services", "nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways", "tcproutes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
             {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get"]}
         ])
@@ -624,6 +636,51 @@ fn value_combinations_render_what_they_say() {
         policy["spec"]["ingress"][0]["ports"]
     );
 
+    // Gateway API: read wherever it is installed. ingress-nginx: off unless enabled, then a
+    // Role for exactly its ConfigMap in its namespace, and the flags pointing there.
+    let defaults = render(0);
+    let role = find(&defaults, "ClusterRole", None);
+    assert!(role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["apiGroups"] == json!(["gateway.networking.k8s.io"])
+            && r["resources"] == json!(["gateways", "tcproutes"])
+            && r["verbs"] == json!(["get", "list", "watch"])));
+    let deployment = find(&defaults, "Deployment", None);
+    assert_eq!(env_var(deployment, "MAI_INGRESS_NGINX_TCP_SERVICES"), None);
+    assert!(!defaults.iter().any(|d| d["kind"] == "Role"
+        && d["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("-tcp-services")));
+    let nginx = render(all.len() - 1);
+    let deployment = find(&nginx, "Deployment", None);
+    assert_eq!(
+        env_var(deployment, "MAI_INGRESS_NGINX_TCP_SERVICES").as_deref(),
+        Some("edge/memgraph-tcp")
+    );
+    assert_eq!(
+        env_var(deployment, "MAI_INGRESS_NGINX_CONTROLLER").as_deref(),
+        Some("edge/edge-controller")
+    );
+    let role = find(
+        &nginx,
+        "Role",
+        Some("mai-memgraph-address-injector-tcp-services"),
+    );
+    assert_eq!(role["metadata"]["namespace"], "edge");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["memgraph-tcp"], "verbs": ["get", "list", "watch"]}])
+    );
+    let binding = find(
+        &nginx,
+        "RoleBinding",
+        Some("mai-memgraph-address-injector-tcp-services"),
+    );
+    assert_eq!(binding["metadata"]["namespace"], "edge");
+
     // NOTES.txt: how to check a pod and the routing table.
     let chart = chart_dir().display().to_string();
     let notes = helm.ok(&[
@@ -694,6 +751,11 @@ fn schema_rejects_wrong_values() {
             "/config/coordinatorFlag",
         ),
         ("--set", "image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        (
+            "--set",
+            "ingressNginx.tcpServices=tcp-services",
+            "/ingressNginx/tcpServices",
+        ),
         (
             "--set",
             "replica=3",
