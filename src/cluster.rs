@@ -75,15 +75,22 @@ impl SharedCluster {
     }
 
     pub fn is_ready(&self) -> bool {
+        self.not_listed().is_empty()
+    }
+
+    /// The kinds whose first list has not completed (readiness waits for them).
+    pub fn not_listed(&self) -> Vec<&'static str> {
         [
-            &self.services_listed,
-            &self.nodes_listed,
-            &self.gateways_listed,
-            &self.tcp_routes_listed,
-            &self.config_maps_listed,
+            ("Services", &self.services_listed),
+            ("Nodes", &self.nodes_listed),
+            ("Gateways", &self.gateways_listed),
+            ("TCPRoutes", &self.tcp_routes_listed),
+            ("the tcp-services ConfigMap", &self.config_maps_listed),
         ]
-        .iter()
-        .all(|listed| listed.load(Ordering::Acquire))
+        .into_iter()
+        .filter(|(_, listed)| !listed.load(Ordering::Acquire))
+        .map(|(kind, _)| kind)
+        .collect()
     }
 
     /// The proxies of the cache and the ingress-nginx controller's Services, as the view

@@ -384,10 +384,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
             "not ready: shutting down".into(),
         );
     }
-    if !app.cluster.is_ready() {
+    let not_listed = app.cluster.not_listed();
+    if !not_listed.is_empty() {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: Services and Nodes have not been listed yet".into(),
+            format!(
+                "not ready: not listed yet: {} (the first list of each watched kind)",
+                not_listed.join(", ")
+            ),
         );
     }
     if let Some(problem) = app

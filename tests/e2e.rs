@@ -578,9 +578,14 @@ async fn manifests_accepted(client: &Client) {
     // The reconciler overlay's own objects (its RBAC); its Deployment patch is the base's.
     let reconcile = kustomization_objects("manifests/routing-reconcile");
     assert_eq!(reconcile.len(), 4, "the routing-reconcile RBAC");
+    // The ingress-nginx overlay's Role and RoleBinding for the tcp-services ConfigMap.
+    let nginx = kustomization_objects("manifests/ingress-nginx");
+    assert_eq!(nginx.len(), 2, "the ingress-nginx RBAC");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt("memgraph").await.unwrap().is_none() {
-        namespace(client, "memgraph").await;
+    for ns in ["memgraph", "ingress-nginx"] {
+        if namespaces.get_opt(ns).await.unwrap().is_none() {
+            namespace(client, ns).await;
+        }
     }
     let dry = |objs: Vec<kube::api::DynamicObject>, only_dry: bool| {
         objs.into_iter().map(move |o| (o, only_dry))
@@ -589,6 +594,7 @@ async fn manifests_accepted(client: &Client) {
     for (obj, only_dry) in dry(base, false)
         .chain(dry(routing_sync, false))
         .chain(dry(reconcile, true))
+        .chain(dry(nginx, true))
     {
         let api = api_for(client, &discovery, &obj).await;
         let kind = obj.types.as_ref().unwrap().kind.clone();
@@ -675,7 +681,27 @@ async fn least_privilege(client: &Client) {
             "{verb} statefulsets must be denied"
         );
     }
+    // The Gateway API's two kinds a pod can be exposed through, read-only.
+    for resource in [
+        "gateway.networking.k8s.io/gateways",
+        "gateway.networking.k8s.io/tcproutes",
+    ] {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                can(verb, resource, Some("e2e-nodeport")).await,
+                "{verb} {resource} must be allowed"
+            );
+        }
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(
+                !can(verb, resource, Some("e2e-nodeport")).await,
+                "{verb} {resource} must be denied"
+            );
+        }
+    }
     for (verb, resource) in [
+        ("get", "gateway.networking.k8s.io/httproutes"),
+        ("list", "gateway.networking.k8s.io/gatewayclasses"),
         ("get", "secrets"),
         ("list", "secrets"),
         ("list", "pods"),
@@ -688,6 +714,11 @@ async fn least_privilege(client: &Client) {
             "{verb} {resource} must be denied"
         );
     }
+    // Without the ingress-nginx overlay (only dry-run above), not even its ConfigMaps.
+    assert!(
+        !can("get", "configmaps", Some("ingress-nginx")).await,
+        "get configmaps in ingress-nginx must be denied without manifests/ingress-nginx"
+    );
 
     let deployment = kustomization_objects("manifests/base")
         .into_iter()
