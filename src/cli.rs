@@ -232,7 +232,8 @@ pub struct ServeArgs {
 pub struct ReviewArgs {
     #[clap(flatten)]
     pub decision: DecisionArgs,
-    /// Services and Nodes: `kubectl get svc,nodes -A -o yaml`, or YAML/JSON documents of them.
+    /// Services and Nodes: `kubectl get svc,nodes -A -o yaml`, or YAML/JSON documents of them
+    /// (with Gateways, TCPRoutes and the tcp-services ConfigMap for pods behind a proxy).
     #[arg(long, env = "MAI_CLUSTER")]
     pub cluster: PathBuf,
     /// An AdmissionReview or a Pod, JSON or YAML; standard input when absent.

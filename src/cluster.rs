@@ -264,6 +264,76 @@ async fn watch_gateway_api(client: Client, shared: SharedCluster, tap: Option<Pr
     }
 }
 
+/// One list of the proxies a pod can sit behind (`routing --in-cluster`): Gateways (all
+/// namespaces: a route's parent may be elsewhere), `namespace`'s TCPRoutes, the tcp-services
+/// ConfigMap and the ingress-nginx controller's Service. What is not installed, or may not be
+/// read, is left out with a line on stderr: that exposure is then off, as in the webhook.
+pub async fn list_proxies(
+    client: &Client,
+    namespace: &str,
+    nginx: Option<&IngressNginx>,
+) -> ClusterState {
+    let mut state = ClusterState::default();
+    let skipped = |what: &str, err: &kube::Error| {
+        eprintln!("routing: {what} not read ({err}); pods behind it get no address from it");
+    };
+    match kube::discovery::group(client, GATEWAY_GROUP).await {
+        Ok(group) => {
+            for (kind, gateway) in [("Gateway", true), ("TCPRoute", false)] {
+                let Some((resource, _)) = group.recommended_kind(kind) else {
+                    continue;
+                };
+                let api = if gateway {
+                    Api::<DynamicObject>::all_with(client.clone(), &resource)
+                } else {
+                    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
+                };
+                match api.list(&ListParams::default()).await {
+                    Ok(list) => {
+                        for obj in &list.items {
+                            match proxy_view(obj, gateway) {
+                                Some(ProxyView::Gateway(g)) => state.upsert_gateway(g),
+                                Some(ProxyView::TcpRoute(r)) => state.upsert_tcp_route(r),
+                                None => {}
+                            }
+                        }
+                    }
+                    Err(err) => skipped(kind, &err),
+                }
+            }
+        }
+        Err(kube::Error::Discovery(_)) => {}
+        Err(err) => skipped("the Gateway API", &err),
+    }
+    if let Some(nginx) = nginx {
+        let cm = &nginx.tcp_services;
+        match Api::<ConfigMap>::namespaced(client.clone(), &cm.namespace)
+            .get_opt(&cm.name)
+            .await
+        {
+            Ok(found) => {
+                if let Some(view) = found.as_ref().and_then(Cached::view) {
+                    state.upsert_config_map(view);
+                }
+            }
+            Err(err) => skipped(&format!("ConfigMap {cm}"), &err),
+        }
+        let ctrl = &nginx.controller;
+        match Api::<Service>::namespaced(client.clone(), &ctrl.namespace)
+            .get_opt(&ctrl.name)
+            .await
+        {
+            Ok(found) => {
+                if let Some(view) = found.as_ref().and_then(ServiceView::from_service) {
+                    state.upsert_service(view);
+                }
+            }
+            Err(err) => skipped(&format!("Service {ctrl}"), &err),
+        }
+    }
+    state
+}
+
 /// Called on every change of a proxy object (the reconciler re-checks every namespace).
 pub type ProxyTap = Arc<dyn Fn() + Send + Sync>;
 

@@ -99,6 +99,12 @@ async fn against_a_real_control_plane() {
     .unwrap();
     register_webhook(&client, &webhook).await;
     eprintln!("webhook registered after {:.1?}", started.elapsed());
+    // No Gateway API here: that exposure is off, said once, and readiness did not wait on it.
+    let log = webhook.log_text();
+    for kind in ["Gateway", "TCPRoute"] {
+        let said = format!("the Gateway API's {kind} is not installed");
+        assert_eq!(log.matches(&said).count(), 1, "{said:?} once in:\n{log}");
+    }
 
     node(
         &client,

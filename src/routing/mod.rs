@@ -294,13 +294,20 @@ pub fn cluster_from_text(
         }
         Ok(())
     })?;
-    Ok(RoutingCluster::from_objects(
-        &services,
-        &nodes,
-        &pods,
-        &args.namespace,
-        decision_config(args),
-    ))
+    let config = decision_config(args);
+    let mut cluster =
+        RoutingCluster::from_objects(&services, &nodes, &pods, &args.namespace, config);
+    // Gateways, TCPRoutes and the tcp-services ConfigMap, read as the webhook reads them.
+    let proxies = crate::cluster::state_from_text(text, path)?;
+    let also: Vec<String> = cluster
+        .config
+        .ingress_nginx
+        .iter()
+        .map(|n| n.controller.namespace.clone())
+        .collect();
+    let also: Vec<&str> = also.iter().map(String::as_str).collect();
+    cluster.state.adopt_proxies(&proxies, &also);
+    Ok(cluster)
 }
 
 /// The webhook's decision settings that routing needs: node address types and selector.
@@ -351,18 +358,24 @@ async fn load_cluster(args: &ClusterArgs) -> Result<Option<RoutingCluster>, Rout
         .await
         .map_err(kube_err("Pods"))?
         .items;
-    let nodes = Api::<Node>::all(client)
+    let nodes = Api::<Node>::all(client.clone())
         .list(&lp)
         .await
         .map_err(kube_err("Nodes"))?
         .items;
-    Ok(Some(RoutingCluster::from_objects(
-        &services,
-        &nodes,
-        &pods,
-        &args.namespace,
-        decision_config(args),
-    )))
+    let config = decision_config(args);
+    let proxies =
+        crate::cluster::list_proxies(&client, &args.namespace, config.ingress_nginx.as_ref()).await;
+    let also: Vec<String> = config
+        .ingress_nginx
+        .iter()
+        .map(|n| n.controller.namespace.clone())
+        .collect();
+    let also: Vec<&str> = also.iter().map(String::as_str).collect();
+    let mut cluster =
+        RoutingCluster::from_objects(&services, &nodes, &pods, &args.namespace, config);
+    cluster.state.adopt_proxies(&proxies, &also);
+    Ok(Some(cluster))
 }
 
 /// One line of `routing check`.
@@ -836,6 +849,40 @@ async fn apply_plan(
 mod tests {
     use super::*;
     use plan::Change;
+
+    #[test]
+    fn a_state_file_with_the_chart_s_gateway_gives_the_gateway_address() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let text = [
+            std::fs::read_to_string(format!("{dir}/states/gateway.yaml")).unwrap(),
+            std::fs::read_to_string(format!("{dir}/pods/data-3x.yaml")).unwrap(),
+        ]
+        .join("\n---\n");
+        let args = ClusterArgs {
+            cluster: None,
+            in_cluster: false,
+            namespace: "memgraph".into(),
+            node_address_types: vec!["ExternalIP".into()],
+            node_selector: Default::default(),
+            bolt_port: 7687,
+        };
+        let cluster = cluster_from_text(&text, "state.yaml", &args).unwrap();
+        let target = resolve::Target::from_cluster_name(
+            "memgraph-data-0.memgraph.svc.cluster.local",
+            "memgraph",
+        )
+        .unwrap();
+        match cluster.external_for(&target, 7687) {
+            resolve::External::Found { address, source } => {
+                assert_eq!(address, "203.0.113.80:9000");
+                assert!(
+                    source.starts_with("Gateway memgraph/memgraph-gateway"),
+                    "{source}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn plan_with(mode: Mode, changes: usize, unresolved: usize) -> Plan {
         Plan {

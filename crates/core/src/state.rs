@@ -1,5 +1,6 @@
-//! State files: `kubectl get svc,nodes -A -o yaml` output, JSON or multi-document YAML, read
-//! into the cluster view the decision uses. The one document splitter of the project: the
+//! State files: `kubectl get svc,nodes -A -o yaml` output (plus `gateways,tcproutes` and
+//! the tcp-services ConfigMap), JSON or multi-document YAML, read into the cluster view the
+//! decision uses. The one document splitter of the project: the
 //! server's `--cluster-state`, `review` and `routing` all read files through it.
 
 use std::borrow::Cow;
