@@ -362,22 +362,7 @@ async fn cluster_with(tls: Option<Value>) -> Cluster {
     .await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    let kubeconfig = plane.kubeconfig.display().to_string();
-    let admission_dir = dir.path().join("admission");
-    std::fs::create_dir_all(&admission_dir).unwrap();
-    let admission = start_webhook(
-        &admission_dir,
-        &["--on-pending", "allow"],
-        &[("KUBECONFIG", kubeconfig.as_str())],
-    );
-    let health_port = admission.health_port;
-    tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(30), "webhook readiness", || {
-            http_status(health_port, "/readyz") == Some(200)
-        })
-    })
-    .await
-    .unwrap();
+    let admission = start_admission(dir.path(), &plane).await;
     // data-0 is created before the webhook is registered, as a cluster installed before us
     // is: its pod carries no label and is found by the reconciler's one full list.
     let mut order = INSTANCES.to_vec();
@@ -407,18 +392,34 @@ async fn cluster_with(tls: Option<Value>) -> Cluster {
             )
             .await
             .unwrap();
-        let args = if role == "coordinator" {
-            coordinator_args(sts.rsplit('-').next().unwrap().parse().unwrap(), NS)
-        } else {
-            data_args()
-        };
-        sets.create(
-            &PostParams::default(),
-            &chart_statefulset(sts, role, "memgraph/memgraph:3.8.0", &args),
-        )
-        .await
-        .unwrap();
+        create_instance(&sets, sts, role).await;
     }
+    running(dir, plane, client, admission, tls).await
+}
+
+/// The chart's StatefulSet of one instance (Memgraph 3.8).
+async fn create_instance(sets: &Api<StatefulSet>, sts: &str, role: &str) {
+    let args = if role == "coordinator" {
+        coordinator_args(sts.rsplit('-').next().unwrap().parse().unwrap(), NS)
+    } else {
+        data_args()
+    };
+    sets.create(
+        &PostParams::default(),
+        &chart_statefulset(sts, role, "memgraph/memgraph:3.8.0", &args),
+    )
+    .await
+    .unwrap();
+}
+
+/// The test server up as the five instances, their pods running at their IPs.
+async fn running(
+    dir: tempfile::TempDir,
+    plane: ControlPlane,
+    client: Client,
+    admission: Webhook,
+    tls: Option<Value>,
+) -> Cluster {
     let server = TestServer::start(dir.path(), &INSTANCES, tls);
     for (sts, _, ip, _) in INSTANCES {
         pod_running(&client, &format!("{sts}-0"), ip).await;
@@ -433,6 +434,28 @@ async fn cluster_with(tls: Option<Value>) -> Cluster {
         password_file,
         _admission: admission,
     }
+}
+
+/// The admission webhook (`--on-pending allow`: the reconciler follows late addresses),
+/// started and ready, not yet registered.
+async fn start_admission(dir: &std::path::Path, plane: &ControlPlane) -> Webhook {
+    let kubeconfig = plane.kubeconfig.display().to_string();
+    let admission_dir = dir.join("admission");
+    std::fs::create_dir_all(&admission_dir).unwrap();
+    let admission = start_webhook(
+        &admission_dir,
+        &["--on-pending", "allow"],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let health_port = admission.health_port;
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(30), "webhook readiness", || {
+            http_status(health_port, "/readyz") == Some(200)
+        })
+    })
+    .await
+    .unwrap();
+    admission
 }
 
 /// A `serve --reconcile-routing` replica; `fast` shortens the debounce (100 ms instead of the
@@ -1367,22 +1390,7 @@ async fn proxied_cluster() -> Cluster {
         &[("InternalIP", "10.0.0.10"), ("ExternalIP", "127.0.11.1")],
     )
     .await;
-    let kubeconfig = plane.kubeconfig.display().to_string();
-    let admission_dir = dir.path().join("admission");
-    std::fs::create_dir_all(&admission_dir).unwrap();
-    let admission = start_webhook(
-        &admission_dir,
-        &["--on-pending", "allow"],
-        &[("KUBECONFIG", kubeconfig.as_str())],
-    );
-    let health_port = admission.health_port;
-    tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(30), "webhook readiness", || {
-            http_status(health_port, "/readyz") == Some(200)
-        })
-    })
-    .await
-    .unwrap();
+    let admission = start_admission(dir.path(), &plane).await;
     register_webhook(&client, &admission).await;
 
     let listeners: Vec<Value> = INSTANCES
@@ -1426,32 +1434,9 @@ async fn proxied_cluster() -> Cluster {
             .create(&PostParams::default(), &internal)
             .await
             .unwrap();
-        let args = if role == "coordinator" {
-            coordinator_args(sts.rsplit('-').next().unwrap().parse().unwrap(), NS)
-        } else {
-            data_args()
-        };
-        sets.create(
-            &PostParams::default(),
-            &chart_statefulset(sts, role, "memgraph/memgraph:3.8.0", &args),
-        )
-        .await
-        .unwrap();
+        create_instance(&sets, sts, role).await;
     }
-    let server = TestServer::start(dir.path(), &INSTANCES, None);
-    for (sts, _, ip, _) in INSTANCES {
-        pod_running(&client, &format!("{sts}-0"), ip).await;
-    }
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    Cluster {
-        _dir: dir,
-        plane,
-        client,
-        server,
-        password_file,
-        _admission: admission,
-    }
+    running(dir, plane, client, admission, None).await
 }
 
 fn all_at(now: &BTreeMap<String, String>, host: &str) -> bool {
