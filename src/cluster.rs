@@ -237,7 +237,7 @@ async fn watch_gateway_api(client: Client, shared: SharedCluster, tap: Option<Pr
             }
         }
     };
-    let kind = |name: &str| group.as_ref().and_then(|g| g.recommended_kind(name));
+    let kind = |name: &str| group.as_ref().and_then(|g| most_stable(g, name));
     for (name, listed) in [
         ("Gateway", &shared.gateways_listed),
         ("TCPRoute", &shared.tcp_routes_listed),
@@ -280,7 +280,7 @@ pub async fn list_proxies(
     match kube::discovery::group(client, GATEWAY_GROUP).await {
         Ok(group) => {
             for (kind, gateway) in [("Gateway", true), ("TCPRoute", false)] {
-                let Some((resource, _)) = group.recommended_kind(kind) else {
+                let Some((resource, _)) = most_stable(&group, kind) else {
                     continue;
                 };
                 let api = if gateway {
@@ -334,6 +334,19 @@ pub async fn list_proxies(
     state
 }
 
+/// `kind` at the most stable version its group serves. Not `recommended_kind`: that looks
+/// only at the group's preferred version (v1, from Gateway), and a Gateway API release whose
+/// experimental channel serves TCPRoute as v1alpha2 only would look as if it had none.
+fn most_stable(
+    group: &kube::discovery::ApiGroup,
+    kind: &str,
+) -> Option<(ApiResource, kube::discovery::ApiCapabilities)> {
+    group
+        .resources_by_stability()
+        .into_iter()
+        .find(|(resource, _)| resource.kind == kind)
+}
+
 /// Called on every change of a proxy object (the reconciler re-checks every namespace).
 pub type ProxyTap = Arc<dyn Fn() + Send + Sync>;
 
@@ -373,6 +386,18 @@ async fn watch_dynamic(
         &shared.tcp_routes_listed
     };
     let api = Api::<DynamicObject>::all_with(client, &resource);
+    // Installed but not granted (an older ClusterRole): off, said once, rather than a watch
+    // failing for ever and readiness with it.
+    if let Err(kube::Error::Api(status)) = api.list(&ListParams::default().limit(1)).await {
+        if status.code == 403 {
+            tracing::warn!(
+                kind,
+                "not allowed to list {kind}: pods behind a Gateway get no address from it (grant get/list/watch on gateway.networking.k8s.io {kind})"
+            );
+            listed.store(true, Ordering::Release);
+            return;
+        }
+    }
     let mut initial = Vec::new();
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()

@@ -808,7 +808,8 @@ async fn chart_against_a_real_control_plane() {
 
     // 1. Every rendering, applied server-side with dryRun and strict field validation.
     // NS, the other release's, and the namespaces a rendering's reconciler serves.
-    for ns in [NS, "mai-system", "memgraph-ha", "memgraph-b"] {
+    // ... and "edge", where a rendering reads its ingress-nginx ConfigMap.
+    for ns in [NS, "mai-system", "memgraph-ha", "memgraph-b", "edge"] {
         let api: Api<Namespace> = Api::all(client.clone());
         api.create(
             &PostParams::default(),
