@@ -95,11 +95,11 @@ impl SharedCluster {
 
     /// The proxies of the cache and the ingress-nginx controller's Services, as the view
     /// the reconciler adds to one namespace's objects.
-    pub fn proxy_view(&self) -> (ClusterState, Option<String>) {
+    pub fn proxy_view(&self) -> ClusterState {
         let mut view = ClusterState::default();
         let also: Vec<&str> = self.proxy_namespace.iter().map(String::as_str).collect();
         view.adopt_proxies(&self.read(), &also);
-        (view, self.proxy_namespace.clone())
+        view
     }
 
     pub fn watch_errors(&self) -> u64 {

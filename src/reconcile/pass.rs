@@ -233,12 +233,7 @@ pub async fn reconcile(
                 namespace,
                 settings.decision.clone(),
             );
-            let also: Vec<&str> = snapshot
-                .proxy_namespace
-                .iter()
-                .map(String::as_str)
-                .collect();
-            cluster.state.adopt_proxies(&snapshot.proxies, &also);
+            cluster.adopt_proxies(&snapshot.proxies);
             cluster
         },
         settings,

@@ -72,9 +72,8 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     pub nodes: Vec<Node>,
     /// Gateways, TCPRoutes, the tcp-services ConfigMap and the ingress-nginx controller's
-    /// Services, from the webhook's watches; with the namespace those Services are in.
+    /// Services, from the webhook's watches.
     pub proxies: ClusterState,
-    pub proxy_namespace: Option<String>,
 }
 
 #[derive(Clone)]
@@ -135,7 +134,7 @@ impl Store {
     }
 
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
-        let (proxies, proxy_namespace) = self
+        let proxies = self
             .cluster
             .get()
             .map(crate::cluster::SharedCluster::proxy_view)
@@ -157,7 +156,6 @@ impl Store {
                 .unwrap_or_default(),
             nodes: objects.nodes.values().cloned().collect(),
             proxies,
-            proxy_namespace,
         }
     }
 

@@ -299,14 +299,7 @@ pub fn cluster_from_text(
         RoutingCluster::from_objects(&services, &nodes, &pods, &args.namespace, config);
     // Gateways, TCPRoutes and the tcp-services ConfigMap, read as the webhook reads them.
     let proxies = crate::cluster::state_from_text(text, path)?;
-    let also: Vec<String> = cluster
-        .config
-        .ingress_nginx
-        .iter()
-        .map(|n| n.controller.namespace.clone())
-        .collect();
-    let also: Vec<&str> = also.iter().map(String::as_str).collect();
-    cluster.state.adopt_proxies(&proxies, &also);
+    cluster.adopt_proxies(&proxies);
     Ok(cluster)
 }
 
@@ -366,15 +359,9 @@ async fn load_cluster(args: &ClusterArgs) -> Result<Option<RoutingCluster>, Rout
     let config = decision_config(args);
     let proxies =
         crate::cluster::list_proxies(&client, &args.namespace, config.ingress_nginx.as_ref()).await;
-    let also: Vec<String> = config
-        .ingress_nginx
-        .iter()
-        .map(|n| n.controller.namespace.clone())
-        .collect();
-    let also: Vec<&str> = also.iter().map(String::as_str).collect();
     let mut cluster =
         RoutingCluster::from_objects(&services, &nodes, &pods, &args.namespace, config);
-    cluster.state.adopt_proxies(&proxies, &also);
+    cluster.adopt_proxies(&proxies);
     Ok(Some(cluster))
 }
 

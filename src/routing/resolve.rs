@@ -116,6 +116,18 @@ pub enum External {
 }
 
 impl RoutingCluster {
+    /// Takes the proxies (Gateways, TCPRoutes, ConfigMaps) of `proxies`, and its Services of
+    /// the ingress-nginx controller's namespace, into this view.
+    pub fn adopt_proxies(&mut self, proxies: &ClusterState) {
+        let also: Vec<&str> = self
+            .config
+            .ingress_nginx
+            .iter()
+            .map(|n| n.controller.namespace.as_str())
+            .collect();
+        self.state.adopt_proxies(proxies, &also);
+    }
+
     pub fn from_objects(
         services: &[Service],
         nodes: &[Node],
